@@ -1,0 +1,220 @@
+"""Run configuration: typed dataclasses, loaded strictly from YAML, saved with every run.
+
+Unknown keys, wrong types and out-of-range values fail before anything is built, with the
+dotted key named, so a typo in a config costs seconds instead of a training run.
+"""
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used as given."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    source: str = "synthetic"  # only the built-in scenes for now
+    resolution: int = 32  # square images, power of two, 8..256
+    difficulty: float = 0.3  # built-in scenes: 0 = plain ellipses, 1 = varied shapes, busy backgrounds
+    seed: int = 0  # seed of the built-in training scenes (evaluation uses another one)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    generator: str = "dcgan"  # "dcgan" (fast on CPU) or "style" (the paper's StyleGAN-like generator)
+    latent_dim: int = 64
+    base_width: int = 128  # channels at 4x4, halved at every doubling of resolution ...
+    min_width: int = 32  # ... but never fewer than this
+    norm: str = "batch"  # dcgan generator normalisation: "batch" or "none"
+    d_base_width: int = 128  # discriminator channels at its coarsest level
+    d_min_width: int = 32  # discriminator channels at full resolution
+    spectral_norm: bool = False  # spectral normalisation in the discriminator
+    mapping_layers: int = 8  # style generator only
+    style_mixing_prob: float = 0.0  # style generator only
+
+
+@dataclasses.dataclass
+class PerturbConfig:
+    max_shift: float = 0.125  # random shift of foreground+mask, fraction of the image size
+    bg_contrast_jitter: float = 0.0  # background contrast factor drawn in [1 - s, 1 + s]
+
+
+@dataclasses.dataclass
+class LossConfig:
+    adversarial: str = "nonsaturating"  # "nonsaturating" (+ R1) or "wgan_gp" (+ drift)
+    r1_gamma: float = 5.0  # nonsaturating only
+    gp_weight: float = 10.0  # wgan_gp only
+    drift: float = 0.001  # wgan_gp only
+    penalty_every: int = 16  # R1 / GP every this many D steps, weighted by it (lazy regularisation)
+    min_mask_coverage: float = 0.15  # hinge keeps the mean mask above this
+    mask_coverage_weight: float = 2.0
+    binarization_weight: float = 0.5  # pushes mask values to 0 or 1
+    max_mask_coverage: float = 1.0  # hinge keeps the mean mask below this (1.0 = off)
+    max_coverage_weight: float = 0.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 4000  # generator steps in all
+    steps_per_epoch: int = 250  # one Keras progress bar (epoch) per this many steps
+    batch_size: int = 64
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    beta_1: float = 0.0
+    beta_2: float = 0.99
+    d_steps: int = 1  # discriminator steps per generator step
+    ema_decay: float = 0.999  # EMA copy of the generator, used for samples and export
+    seed: int = 0
+    sample_every: int = 500  # steps between image grids (PNG + TensorBoard)
+    checkpoint_every: int = 500  # steps between checkpoints
+    jit_compile: bool = False
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    perturb: PerturbConfig = dataclasses.field(default_factory=PerturbConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def save(self, path):
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+_CHOICES = {
+    "data.source": ("synthetic",),
+    "model.generator": ("dcgan", "style"),
+    "model.norm": ("batch", "none"),
+    "loss.adversarial": ("nonsaturating", "wgan_gp"),
+}
+
+
+def _check_ranges(cfg):
+    """Range checks that the types alone do not express; raises ConfigError naming the key."""
+    res = cfg.data.resolution
+    rules = [
+        ("data.resolution", 8 <= res <= 256 and res & (res - 1) == 0, "a power of two in [8, 256]"),
+        ("data.difficulty", 0.0 <= cfg.data.difficulty <= 1.0, "in [0, 1]"),
+        ("perturb.max_shift", 0.0 <= cfg.perturb.max_shift < 0.5, "in [0, 0.5)"),
+        ("perturb.bg_contrast_jitter", 0.0 <= cfg.perturb.bg_contrast_jitter < 1.0, "in [0, 1)"),
+        ("loss.min_mask_coverage", 0.0 <= cfg.loss.min_mask_coverage <= 1.0, "in [0, 1]"),
+        ("loss.max_mask_coverage", 0.0 <= cfg.loss.max_mask_coverage <= 1.0, "in [0, 1]"),
+        ("model.latent_dim", cfg.model.latent_dim >= 1, ">= 1"),
+        ("model.min_width", 1 <= cfg.model.min_width <= cfg.model.base_width, "in [1, model.base_width]"),
+        ("model.d_min_width", 1 <= cfg.model.d_min_width <= cfg.model.d_base_width,
+         "in [1, model.d_base_width]"),
+        ("model.style_mixing_prob", 0.0 <= cfg.model.style_mixing_prob <= 1.0, "in [0, 1]"),
+        ("loss.penalty_every", cfg.loss.penalty_every >= 1, ">= 1"),
+        ("train.steps", cfg.train.steps >= 1, ">= 1"),
+        ("train.steps_per_epoch", cfg.train.steps_per_epoch >= 1, ">= 1"),
+        ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
+        ("train.d_steps", cfg.train.d_steps >= 1, ">= 1"),
+        ("train.ema_decay", 0.0 <= cfg.train.ema_decay < 1.0, "in [0, 1)"),
+        ("train.g_lr", cfg.train.g_lr > 0, "> 0"),
+        ("train.d_lr", cfg.train.d_lr > 0, "> 0"),
+        ("train.sample_every", cfg.train.sample_every >= 1, ">= 1"),
+        ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, ">= 1"),
+    ]
+    for key, ok, expected in rules:
+        if not ok:
+            raise ConfigError(f"{key} must be {expected}, got {_get(cfg, key)!r}")
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {_get(cfg, key)!r}")
+
+
+def _get(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _coerce(value, tp, key):
+    """Checks `value` against the field type; ints are accepted where floats are expected."""
+    if tp is float and isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key} must be of type {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _build(cls, values, prefix):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping of keys to values, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{dotted}'{hint} (valid: {', '.join(fields)})")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def config_from_dict(values):
+    cfg = _build(Config, values or {}, "")
+    _check_ranges(cfg)
+    return cfg
+
+
+def parse_override(text):
+    """'train.steps=100' -> ('train.steps', 100); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.steps=100")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(path=None, overrides=()):
+    """Loads a YAML config (or the defaults), applies dotted `key=value` overrides, validates."""
+    values = {}
+    if path is not None:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for text in overrides:
+        key, value = parse_override(text)
+        node = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return config_from_dict(values)

@@ -1,0 +1,5 @@
+from keras_layered.layers.background_contrast_jitter import BackgroundContrastJitter
+from keras_layered.layers.composite import composite
+from keras_layered.layers.random_shift import RandomShift, shift
+
+__all__ = ["BackgroundContrastJitter", "RandomShift", "composite", "shift"]

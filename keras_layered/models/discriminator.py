@@ -1,0 +1,56 @@
+"""The discriminator: image -> realness logit."""
+
+import keras
+from keras import layers
+
+from keras_layered.models.widths import check_resolution, level_widths
+
+
+@keras.saving.register_keras_serializable(package="keras_layered")
+class Discriminator(keras.Model):
+    """Strided 4x4 convs with LeakyReLU from full resolution down to 4x4, then a linear logit.
+    No normalisation layers, so gradient penalties (R1, WGAN-GP) see a per-sample function.
+
+    Args:
+        resolution: input size in pixels, a power of two in [8, 256].
+        base_width: channels at the coarsest (4x4) level ...
+        min_width: ... halved per level towards full resolution, never below this.
+        spectral_norm: wrap every conv / dense in `keras.layers.SpectralNormalization`.
+
+    Call: images (B, H, W, 3) in [-1, 1] -> logits (B, 1).
+    """
+
+    def __init__(self, resolution=32, base_width=256, min_width=32, spectral_norm=False, **kwargs):
+        super().__init__(**kwargs)
+        check_resolution(resolution, "Discriminator")
+        self.resolution = resolution
+        self.base_width = base_width
+        self.min_width = min_width
+        self.spectral_norm = spectral_norm
+        wrap = layers.SpectralNormalization if spectral_norm else (lambda layer: layer)
+        widths = level_widths(resolution, base_width, min_width)[::-1]  # full res -> 4x4
+        blocks = [
+            wrap(layers.Conv2D(widths[0], 3, padding="same", name="from_rgb")),
+            layers.LeakyReLU(0.2),
+        ]
+        for i, width in enumerate(widths[1:]):
+            blocks.append(wrap(layers.Conv2D(width, 4, strides=2, padding="same", name=f"down{i}")))
+            blocks.append(layers.LeakyReLU(0.2))
+        blocks += [layers.Flatten(), wrap(layers.Dense(1, name="logit"))]
+        self.net = keras.Sequential(blocks, name="net")
+
+    def build(self, input_shape):
+        self.net.build(input_shape)
+
+    def call(self, images, training=False):
+        return self.net(images, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            resolution=self.resolution,
+            base_width=self.base_width,
+            min_width=self.min_width,
+            spectral_norm=self.spectral_norm,
+        )
+        return config

@@ -1,0 +1,28 @@
+"""Image grids of the generator's layers: what a person looks at to judge a run."""
+
+import numpy as np
+from keras import ops
+
+from keras_layered.layers import composite
+
+COLUMNS = ("composite", "background", "foreground", "mask", "shifted composite")
+
+
+def layer_grid(gan, z):
+    """One row per latent: composite | background | foreground | mask | shifted composite.
+
+    Uses the EMA generator in inference mode; the last column applies the training-time
+    perturbation. Returns an (N*H, 5*W, 3) uint8 array.
+    """
+    layers = gan(z, training=False)
+    columns = [
+        composite(layers["background"], layers["foreground"], layers["mask"]),
+        layers["background"],
+        layers["foreground"],
+        ops.repeat(layers["mask"] * 2.0 - 1.0, 3, axis=-1),
+        gan.perturb_and_composite(layers),
+    ]
+    images = np.stack([ops.convert_to_numpy(c) for c in columns], axis=1)  # (N, 5, H, W, 3)
+    n, c, h, w, _ = images.shape
+    images = images.transpose(0, 2, 1, 3, 4).reshape(n * h, c * w, 3)
+    return np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)

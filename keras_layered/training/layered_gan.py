@@ -1,0 +1,218 @@
+"""The perturbed layered GAN and its adversarial `train_step` (TensorFlow: tapes, tf.distribute)."""
+
+import functools
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_layered import distribute, losses
+from keras_layered.layers import BackgroundContrastJitter, RandomShift, composite
+
+_LOSS_PAIRS = {
+    # name: (discriminator loss, generator loss, penalty, penalty evaluated at interpolates?)
+    "nonsaturating": (losses.d_nonsaturating_loss, losses.g_nonsaturating_loss, losses.r1_penalty, False),
+    "wgan_gp": (losses.d_wasserstein_loss, losses.g_wasserstein_loss, losses.gradient_penalty, True),
+}
+
+
+class LayeredGAN(keras.Model):
+    """Trains a layered generator against a discriminator on randomly shifted composites.
+
+    One `train_step` = `d_steps` discriminator steps on the same real batch, one generator step,
+    one update of the generator's exponential moving average (EMA). The EMA generator is what
+    `call`, samples and export use.
+
+    Args:
+        generator: a model z -> {"background", "foreground", "mask"} with a `latent_dim`.
+        discriminator: a model images -> (B, 1) logits.
+        adversarial_loss: "nonsaturating" (logistic + R1) or "wgan_gp" (Wasserstein + drift + GP).
+        r1_gamma, gp_weight, drift: weights of the penalties of the chosen loss.
+        penalty_every: apply R1 / GP every this many discriminator steps (lazy regularisation).
+        min_mask_coverage, mask_coverage_weight: hinge keeping the mean mask above a floor.
+        binarization_weight: weight of mean(min(mask, 1 - mask)).
+        max_mask_coverage, max_coverage_weight: optional hinge keeping the mask below a ceiling.
+        max_shift: random shift range of foreground + mask, fraction of the image size.
+        bg_contrast_jitter: background contrast jitter strength (0 = off).
+        ema_decay: decay of the EMA generator (ramped up over the first steps).
+        d_steps: discriminator steps per generator step.
+        seed: seed of z sampling and of the perturbation layers.
+    """
+
+    def __init__(
+        self,
+        generator,
+        discriminator,
+        adversarial_loss="nonsaturating",
+        r1_gamma=5.0,
+        gp_weight=10.0,
+        drift=0.001,
+        penalty_every=1,
+        min_mask_coverage=0.15,
+        mask_coverage_weight=2.0,
+        binarization_weight=0.5,
+        max_mask_coverage=1.0,
+        max_coverage_weight=0.0,
+        max_shift=0.125,
+        bg_contrast_jitter=0.0,
+        ema_decay=0.999,
+        d_steps=1,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if adversarial_loss not in _LOSS_PAIRS:
+            raise ValueError(
+                f"LayeredGAN: adversarial_loss must be one of {sorted(_LOSS_PAIRS)}, got {adversarial_loss!r}."
+            )
+        self.generator = generator
+        self.discriminator = discriminator
+        self.latent_dim = generator.latent_dim
+        d_loss, g_loss, penalty, at_interpolates = _LOSS_PAIRS[adversarial_loss]
+        self._d_adversarial = functools.partial(d_loss, drift=drift) if at_interpolates else d_loss
+        self._g_adversarial = g_loss
+        self._penalty = functools.partial(penalty, weight=gp_weight) if at_interpolates else (
+            functools.partial(penalty, gamma=r1_gamma)
+        )
+        self._penalty_at_interpolates = at_interpolates
+        self.penalty_every = penalty_every
+        self.min_mask_coverage = min_mask_coverage
+        self.mask_coverage_weight = mask_coverage_weight
+        self.binarization_weight = binarization_weight
+        self.max_mask_coverage = max_mask_coverage
+        self.max_coverage_weight = max_coverage_weight
+        self.ema_decay = ema_decay
+        self.d_steps = d_steps
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        seeds = (None, None) if seed is None else (seed + 1, seed + 2)
+        self.shift = RandomShift(max_shift, seed=seeds[0], name="random_shift")
+        self.jitter = BackgroundContrastJitter(bg_contrast_jitter, seed=seeds[1], name="bg_jitter")
+
+        z = ops.zeros((1, self.latent_dim))
+        generator(z)
+        discriminator(ops.zeros((1, generator.resolution, generator.resolution, 3)))
+        self.generator_ema = generator.__class__.from_config(generator.get_config())
+        self.generator_ema(z)
+        self.generator_ema.set_weights(generator.get_weights())
+        self.built = True
+
+        names = ["d_loss", "d_adversarial", "d_penalty", "real_logit", "fake_logit", "g_loss",
+                 "g_adversarial", "min_coverage_loss", "binarization_loss", "max_coverage_loss",
+                 "mask_mean"]
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    def compile(self, g_optimizer, d_optimizer, **kwargs):
+        # The generator's optimizer doubles as `self.optimizer`, so `iterations` counts G steps.
+        super().compile(optimizer=g_optimizer, **kwargs)
+        self.g_optimizer = g_optimizer
+        self.d_optimizer = d_optimizer
+        # Built here, inside the strategy scope, not lazily in the step: under MirroredStrategy a
+        # lazy build in a replica context fails ("You must feed a value for placeholder tensor").
+        g_optimizer.build(self.generator.trainable_variables)
+        d_optimizer.build(self.discriminator.trainable_variables)
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, z, training=False):
+        """EMA generator layers for latents z (B, latent_dim)."""
+        return self.generator_ema(z, training=training)
+
+    def sample_latents(self, batch_size):
+        return distribute.normal((batch_size, self.latent_dim), self.seed_generator)
+
+    def perturb_and_composite(self, layers):
+        """Shifts foreground + mask, jitters the background, composites: what D sees as fake."""
+        foreground, mask = self.shift([layers["foreground"], layers["mask"]], training=True)
+        background = self.jitter(layers["background"], training=True)
+        return composite(background, foreground, mask)
+
+    def train_step(self, data):
+        real = data["image"] if isinstance(data, dict) else data
+        batch_size = tf.shape(real)[0]
+        for _ in range(self.d_steps):
+            d_terms = self._d_step(real)
+        g_terms = self._g_step(batch_size)
+        self._update_ema()
+        for name, value in {**d_terms, **g_terms}.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def _replica_scale(self):
+        # Optimizers sum gradients over replicas; each replica's mean is scaled to a global mean.
+        return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+
+    def _d_step(self, real):
+        batch_size = tf.shape(real)[0]
+        fake = self.perturb_and_composite(self.generator(self.sample_latents(batch_size), training=True))
+        variables = self.discriminator.trainable_variables
+        penalty_due = tf.equal(self.d_optimizer.iterations % self.penalty_every, 0)
+        with tf.GradientTape() as tape:
+            real_logits = self.discriminator(real, training=True)
+            fake_logits = self.discriminator(fake, training=True)
+            adversarial = self._d_adversarial(real_logits, fake_logits)
+            penalty = tf.cond(penalty_due, lambda: self._lazy_penalty(real, fake), lambda: tf.constant(0.0))
+            loss = adversarial + penalty
+            scaled_loss = loss * self._replica_scale()
+        grads = tape.gradient(scaled_loss, variables)
+        self.d_optimizer.apply_gradients(zip(grads, variables))
+        return {
+            "d_loss": loss,
+            "d_adversarial": adversarial,
+            "d_penalty": penalty,
+            "real_logit": ops.mean(real_logits),
+            "fake_logit": ops.mean(fake_logits),
+        }
+
+    def _lazy_penalty(self, real, fake):
+        """R1 at real images or GP at interpolates, weighted by `penalty_every`: lazy
+        regularisation (Karras et al. 2020) pays for the double backward pass only every few steps."""
+        if self._penalty_at_interpolates:
+            eps = distribute.uniform((tf.shape(real)[0], 1, 1, 1), self.seed_generator)
+            inputs = eps * real + (1.0 - eps) * fake
+        else:
+            inputs = real
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            logit_sum = tf.reduce_sum(self.discriminator(inputs, training=True))
+        return self._penalty(tape.gradient(logit_sum, inputs)) * float(self.penalty_every)
+
+    def _g_step(self, batch_size):
+        z = self.sample_latents(batch_size)
+        variables = self.generator.trainable_variables
+        with tf.GradientTape() as tape:
+            layers = self.generator(z, training=True)
+            fake_logits = self.discriminator(self.perturb_and_composite(layers), training=True)
+            adversarial = self._g_adversarial(fake_logits)
+            mask = layers["mask"]  # (B, H, W, 1), before the shift
+            min_cov = losses.min_coverage_loss(mask, self.min_mask_coverage)
+            binary = losses.binarization_loss(mask)
+            max_cov = losses.max_coverage_loss(mask, self.max_mask_coverage)
+            loss = (
+                adversarial
+                + self.mask_coverage_weight * min_cov
+                + self.binarization_weight * binary
+                + self.max_coverage_weight * max_cov
+            )
+            scaled_loss = loss * self._replica_scale()
+        grads = tape.gradient(scaled_loss, variables)
+        self.g_optimizer.apply_gradients(zip(grads, variables))
+        return {
+            "g_loss": loss,
+            "g_adversarial": adversarial,
+            "min_coverage_loss": min_cov,
+            "binarization_loss": binary,
+            "max_coverage_loss": max_cov,
+            "mask_mean": ops.mean(mask),
+        }
+
+    def _update_ema(self):
+        # Ramp-up as tf.train.ExponentialMovingAverage(num_updates): early samples are not
+        # dominated by the random initial weights.
+        step = ops.cast(self.g_optimizer.iterations, "float32")
+        decay = ops.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+        for ema_weight, weight in zip(self.generator_ema.trainable_weights, self.generator.trainable_weights):
+            ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
+        for ema_weight, weight in zip(self.generator_ema.non_trainable_weights, self.generator.non_trainable_weights):
+            ema_weight.assign(weight)

@@ -1,0 +1,60 @@
+"""Tests of `diagnose_masks`, the mask-collapse detector."""
+
+import numpy as np
+
+from keras_layered.training.collapse import diagnose_masks
+
+SIZE = 16
+
+
+def disk(cy, cx, radius=3, size=SIZE):
+    yy, xx = np.mgrid[:size, :size]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2).astype(np.float32)[..., None]
+
+
+def test_full_masks_report_collapse_and_suggest_max_shift():
+    warnings = diagnose_masks(np.ones((4, SIZE, SIZE, 1), np.float32))
+    assert len(warnings) == 1
+    assert "collapse" in warnings[0]
+    assert "max_shift" in warnings[0]
+    assert "100%" in warnings[0]
+
+
+def test_empty_masks_suggest_min_mask_coverage():
+    warnings = diagnose_masks(np.zeros((4, SIZE, SIZE, 1), np.float32))
+    assert len(warnings) == 1
+    assert "collapse" in warnings[0]
+    assert "min_mask_coverage" in warnings[0]
+    assert "max_shift" not in warnings[0]
+
+
+def test_identical_shapes_report_mode_collapse():
+    masks = np.stack([disk(8, 8)] * 6)
+    warnings = diagnose_masks(masks)
+    assert len(warnings) == 1
+    assert "mode collapse" in warnings[0]
+    assert "1.00" in warnings[0]  # the mean IoU
+
+
+def test_nearly_identical_soft_shapes_report_mode_collapse():
+    # Soft masks binarise at 0.5: 0.7 inside and 0.2 outside still draw one shape.
+    masks = np.stack([disk(8, 8) * 0.5 + 0.2] * 4)
+    assert any("mode collapse" in w for w in diagnose_masks(masks))
+
+
+def test_healthy_masks_give_no_warning():
+    masks = np.stack([disk(4, 4), disk(4, 11), disk(11, 4), disk(11, 11), disk(8, 8, radius=2)])
+    coverage = masks.mean()
+    assert 0.02 < coverage < 0.9  # the test case itself is in the healthy range
+    assert diagnose_masks(masks) == []
+
+
+def test_thresholds_are_the_documented_ones():
+    # Coverage 0.95 > 0.9 collapses; coverage 0.85 with different shapes does not.
+    full = np.ones((2, 10, 10, 1), np.float32)
+    full[0, 0, :5] = 0.0  # 95 of 100 pixels covered in each mask
+    full[1, 0, :5] = 0.0
+    assert diagnose_masks(full) and "collapse" in diagnose_masks(full)[0]
+    masks = np.ones((2, 10, 10, 1), np.float32)
+    masks[0, :3] = 0.0  # 70 % and 100 % -> mean 0.85, IoU 0.7
+    assert diagnose_masks(masks) == []

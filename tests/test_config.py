@@ -1,0 +1,238 @@
+"""Tests of the strict YAML run configuration."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from keras_layered.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_override,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_load():
+    cfg = load_config()
+    assert cfg == Config()
+    assert cfg.data.resolution == 32
+    assert cfg.perturb.max_shift == 0.125
+    assert cfg.train.steps == 4000
+    assert cfg.model.generator == "dcgan"
+    assert config_from_dict({}) == Config() and config_from_dict(None) == Config()
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  resolution: 16\ntrain:\n  steps: 10\n  g_lr: 0.001\n")
+    cfg = load_config(path, ["train.steps=20", "perturb.max_shift=0.25", "model.spectral_norm=true"])
+    assert cfg.data.resolution == 16  # from the file
+    assert cfg.train.steps == 20  # the override wins over the file
+    assert cfg.train.g_lr == 0.001
+    assert cfg.perturb.max_shift == 0.25
+    assert cfg.model.spectral_norm is True
+    # Untouched keys keep their defaults.
+    assert cfg.train.batch_size == Config().train.batch_size
+    assert cfg.loss == Config().loss
+
+
+def test_override_creates_missing_section(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  resolution: 16\n")
+    cfg = load_config(path, ["loss.r1_gamma=1.5"])
+    assert cfg.loss.r1_gamma == 1.5 and cfg.data.resolution == 16
+
+
+def test_int_accepted_for_float_fields():
+    cfg = load_config(overrides=["perturb.max_shift=0", "loss.r1_gamma=10", "train.beta_1=0"])
+    assert cfg.perturb.max_shift == 0.0 and isinstance(cfg.perturb.max_shift, float)
+    assert cfg.loss.r1_gamma == 10.0 and isinstance(cfg.loss.r1_gamma, float)
+    assert isinstance(cfg.train.beta_1, float)
+
+
+def test_scientific_notation_floats_accepted(tmp_path):
+    # "1e-4" is how a learning rate is usually written on a command line or in a YAML file.
+    cfg = load_config(overrides=["train.g_lr=1e-4"])
+    assert cfg.train.g_lr == pytest.approx(1e-4)
+    path = tmp_path / "lr.yaml"
+    path.write_text("train:\n  d_lr: 2e-4\n")
+    assert load_config(path).train.d_lr == pytest.approx(2e-4)
+
+
+def test_parse_override():
+    assert parse_override("train.steps=100") == ("train.steps", 100)
+    assert parse_override(" model.norm = none") == ("model.norm", "none")
+    assert parse_override("model.spectral_norm=false") == ("model.spectral_norm", False)
+    assert parse_override("perturb.max_shift=0.2") == ("perturb.max_shift", 0.2)
+    assert parse_override("a.b=x=y") == ("a.b", "x=y")  # split at the first '=' only
+
+
+def test_malformed_override_raises():
+    with pytest.raises(ConfigError, match="train.steps"):
+        parse_override("train.steps")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(overrides=["train.steps"])
+
+
+def test_override_into_a_non_section_raises():
+    with pytest.raises(ConfigError, match="train"):
+        load_config(overrides=["train=5", "train.steps=3"])
+
+
+def test_synthetic_recipe_loads():
+    path = REPO / "configs" / "synthetic.yaml"
+    cfg = load_config(path)
+    assert cfg.data.resolution == 32
+    # Every key the file sets reached the config (nothing silently dropped).
+    raw = yaml.safe_load(path.read_text())
+    for section, values in raw.items():
+        for key, val in values.items():
+            assert getattr(getattr(cfg, section), key) == val, f"{section}.{key}"
+
+
+@pytest.mark.parametrize(
+    "override, key, suggestion",
+    [
+        ("train.step=5", "train.step", "train.steps"),
+        ("perturb.max_shfit=0.1", "perturb.max_shfit", "perturb.max_shift"),
+        ("trian.steps=5", "trian", "train"),
+    ],
+)
+def test_unknown_key_names_it_and_suggests(override, key, suggestion):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    message = str(info.value)
+    assert f"'{key}'" in message
+    assert f"did you mean '{suggestion}'" in message
+
+
+def test_unknown_key_without_close_match():
+    with pytest.raises(ConfigError, match="'train.zzzzzz'") as info:
+        config_from_dict({"train": {"zzzzzz": 1}})
+    assert "did you mean" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"train": {"steps": "many"}}, "train.steps"),
+        ({"model": {"spectral_norm": 3}}, "model.spectral_norm"),
+        ({"train": {"steps": True}}, "train.steps"),  # bool is not an int here
+        ({"train": {"batch_size": 8.0}}, "train.batch_size"),  # nor is a float
+        ({"loss": {"r1_gamma": True}}, "loss.r1_gamma"),  # nor a float
+        ({"model": {"generator": 1}}, "model.generator"),
+        ({"perturb": {"max_shift": None}}, "perturb.max_shift"),
+    ],
+)
+def test_wrong_type_names_the_key(values, key):
+    with pytest.raises(ConfigError, match="type") as info:
+        config_from_dict(values)
+    assert key in str(info.value)
+
+
+def test_section_that_is_not_a_mapping():
+    with pytest.raises(ConfigError, match="train") as info:
+        config_from_dict({"train": 5})
+    assert "mapping" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("perturb.max_shift=0.5", "perturb.max_shift"),
+        ("perturb.max_shift=-0.1", "perturb.max_shift"),
+        ("data.resolution=48", "data.resolution"),
+        ("data.resolution=512", "data.resolution"),
+        ("data.resolution=4", "data.resolution"),
+        ("train.ema_decay=1.0", "train.ema_decay"),
+        ("model.generator=foo", "model.generator"),
+        ("perturb.bg_contrast_jitter=1.0", "perturb.bg_contrast_jitter"),
+        ("train.steps=0", "train.steps"),
+        ("model.min_width=256", "model.min_width"),  # more than base_width 128
+        ("loss.adversarial=wgan", "loss.adversarial"),
+    ],
+)
+def test_out_of_range_names_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    message = str(info.value)
+    assert key in message
+    assert repr(yaml.safe_load(override.split("=", 1)[1])) in message  # the bad value is shown
+
+
+@pytest.mark.parametrize("resolution", [8, 16, 64, 128, 256])
+def test_valid_resolutions(resolution):
+    assert load_config(overrides=[f"data.resolution={resolution}"]).data.resolution == resolution
+
+
+def test_boundary_values_accepted():
+    cfg = load_config(overrides=["perturb.max_shift=0.49", "train.ema_decay=0.0", "data.difficulty=1"])
+    assert cfg.perturb.max_shift == 0.49 and cfg.train.ema_decay == 0.0 and cfg.data.difficulty == 1.0
+
+
+def test_missing_file_names_the_path(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(path)
+
+
+def test_directory_is_unreadable(tmp_path):
+    with pytest.raises(ConfigError, match=str(tmp_path.name)):
+        load_config(tmp_path)
+
+
+def test_invalid_yaml_names_the_path(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data: [unclosed\n  resolution: 32\n")
+    with pytest.raises(ConfigError, match="broken.yaml") as info:
+        load_config(path)
+    assert "YAML" in str(info.value)
+
+
+def test_non_mapping_top_level_names_the_path(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- data\n- model\n")
+    with pytest.raises(ConfigError, match="list.yaml") as info:
+        load_config(path)
+    assert "mapping" in str(info.value)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing but a comment\n")
+    assert load_config(path) == Config()
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = load_config(
+        overrides=[
+            "data.resolution=64",
+            "model.generator=style",
+            "model.spectral_norm=true",
+            "perturb.max_shift=0.2",
+            "perturb.bg_contrast_jitter=0.3",
+            "loss.adversarial=wgan_gp",
+            "train.g_lr=0.00001",
+            "train.steps=12",
+            "train.jit_compile=true",
+        ]
+    )
+    path = tmp_path / "saved.yaml"
+    cfg.save(path)
+    again = load_config(path)
+    assert again == cfg
+    assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
+    assert again.train.g_lr == 1e-5 and isinstance(again.train.g_lr, float)
+    # Saved as plain nested YAML with every section.
+    assert set(yaml.safe_load(path.read_text())) == {"data", "model", "perturb", "loss", "train"}
+
+
+def test_defaults_round_trip(tmp_path):
+    path = tmp_path / "defaults.yaml"
+    Config().save(path)
+    assert load_config(path) == Config()
