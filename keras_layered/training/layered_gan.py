@@ -129,7 +129,7 @@ class LayeredGAN(keras.Model):
         return composite(background, foreground, mask)
 
     def train_step(self, data):
-        real = data["image"] if isinstance(data, dict) else data
+        real = data["image"] if isinstance(data, dict) else keras.utils.unpack_x_y_sample_weight(data)[0]
         batch_size = tf.shape(real)[0]
         for _ in range(self.d_steps):
             d_terms = self._d_step(real)
