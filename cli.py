@@ -24,7 +24,8 @@ Examples:
 )
 def main():
     """Unsupervised object segmentation with perturbed layered GANs (Bielski & Favaro, 2019)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("keras_layered").setLevel(logging.INFO)
 
 
 @main.command(

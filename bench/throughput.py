@@ -19,8 +19,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "synth
 @click.command()
 @click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
-@click.option("--steps", default=30, show_default=True, help="Timed iterations (after warm-up).")
-@click.option("--warmup", default=5, show_default=True, help="Untimed iterations (tracing, caches).")
+@click.option("--steps", default=100, show_default=True, help="Timed iterations (after warm-up).")
+@click.option("--warmup", default=20, show_default=True, help="Untimed iterations (tracing, caches).")
 def main(config_path, overrides, steps, warmup):
     import tensorflow as tf
 
