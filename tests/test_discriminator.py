@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+from helpers import assert_config_round_trip
 
 from keras_layered.models.discriminator import Discriminator
 
@@ -58,14 +59,7 @@ def test_bad_resolution_raises(resolution):
 @pytest.mark.parametrize("spectral_norm", [False, True])
 def test_get_config_from_config_round_trip(spectral_norm):
     args = dict(resolution=16, base_width=24, min_width=8, spectral_norm=spectral_norm)
-    config = Discriminator(**args).get_config()
-    for key, value in args.items():
-        assert config[key] == value, key
-    clone = Discriminator.from_config(config)
-    assert isinstance(clone, Discriminator)
-    for key, value in args.items():
-        assert getattr(clone, key) == value, key
-    assert clone.get_config() == config
+    assert_config_round_trip(Discriminator, args)
 
 
 def test_keras_save_load_round_trip(discriminators, tmp_path):

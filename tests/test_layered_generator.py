@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+from helpers import assert_config_round_trip
 
 from keras_layered.models.layered_generator import LayeredGenerator
 
@@ -96,14 +97,7 @@ def test_bad_norm_raises():
 def test_get_config_from_config_round_trip():
     args = dict(resolution=16, latent_dim=LATENT, base_width=24, min_width=8, norm="none")
     gen = LayeredGenerator(**args)
-    config = gen.get_config()
-    for key, value in args.items():
-        assert config[key] == value, key
-    clone = LayeredGenerator.from_config(config)
-    assert isinstance(clone, LayeredGenerator)
-    for key, value in args.items():
-        assert getattr(clone, key) == value, key
-    assert clone.get_config() == config
+    clone = assert_config_round_trip(LayeredGenerator, args)
     gen(latents(1))
     clone(latents(1))
     assert [tuple(w.shape) for w in clone.weights] == [tuple(w.shape) for w in gen.weights]

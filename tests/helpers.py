@@ -1,0 +1,14 @@
+"""Assertions shared by the tests of several layers and models."""
+
+
+def assert_config_round_trip(cls, args):
+    """`cls(**args)` keeps every argument in `get_config`, and `from_config` rebuilds it exactly."""
+    config = cls(**args).get_config()
+    for key, value in args.items():
+        assert config[key] == value, key
+    clone = cls.from_config(config)
+    assert isinstance(clone, cls)
+    for key, value in args.items():
+        assert getattr(clone, key) == value, key
+    assert clone.get_config() == config
+    return clone
