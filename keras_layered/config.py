@@ -23,7 +23,9 @@ class DataConfig:
     source: str = "synthetic"  # only the built-in scenes for now
     resolution: int = 32  # square images, power of two, 8..256
     difficulty: float = 0.3  # built-in scenes: 0 = plain ellipses, 1 = varied shapes, busy backgrounds
-    seed: int = 0  # seed of the built-in training scenes (evaluation uses another one)
+    seed: int = 0  # seed of the built-in training scenes
+    eval_seed: int = 12345  # seed of the held-out built-in scenes used for evaluation
+    eval_scenes: int = 512  # number of held-out scenes evaluated
 
 
 @dataclasses.dataclass
@@ -78,12 +80,36 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class SegmentConfig:
+    """The segmentation stage, trained against the frozen EMA generator of the GAN stage."""
+
+    encoder: bool = True  # train the paper's encoder (image -> z -> frozen generator -> mask)
+    distilled: bool = True  # train a U-Net on the generator's (composite, mask) pairs (beyond the paper)
+    serve: str = "distilled"  # which one `segmenter.keras` and `export` use: "distilled" or "encoder"
+    steps: int = 1000
+    steps_per_epoch: int = 250
+    batch_size: int = 64
+    lr: float = 5e-4  # Adam, betas (0.9, 0.99), for both networks
+    encoder_base_width: int = 128  # encoder channels at 4x4, halved per level up, floored at ...
+    encoder_min_width: int = 32
+    latent_weight: float = 1.0  # ||E(G(z)) - z||^2 on generated images
+    mask_weight: float = 1.0  # BCE(mask(G(E(G(z)))), mask(G(z))) on generated images
+    reconstruction_weight: float = 1.0  # L1 |G(E(x)) - x| on real images
+    perceptual_weight: float = 0.0  # L1 between VGG16 features of G(E(x)) and x; needs ...
+    perceptual_weights: str = ""  # ... a local VGG16 notop weights file (.h5), e.g. keras' cache
+    unet_width: int = 32  # U-Net channels at full resolution, doubled per level down
+    unet_depth: int = 3
+    checkpoint_every: int = 250
+
+
+@dataclasses.dataclass
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     perturb: PerturbConfig = dataclasses.field(default_factory=PerturbConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    segment: SegmentConfig = dataclasses.field(default_factory=SegmentConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -97,6 +123,7 @@ _CHOICES = {
     "model.generator": ("dcgan", "style"),
     "model.norm": ("batch", "none"),
     "loss.adversarial": ("nonsaturating", "wgan_gp"),
+    "segment.serve": ("distilled", "encoder"),
 }
 
 
@@ -125,6 +152,26 @@ def _check_ranges(cfg):
         ("train.d_lr", cfg.train.d_lr > 0, "> 0"),
         ("train.sample_every", cfg.train.sample_every >= 1, ">= 1"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, ">= 1"),
+        ("data.eval_scenes", cfg.data.eval_scenes >= 1, ">= 1"),
+        ("segment.steps", cfg.segment.steps >= 1, ">= 1"),
+        ("segment.steps_per_epoch", cfg.segment.steps_per_epoch >= 1, ">= 1"),
+        ("segment.batch_size", cfg.segment.batch_size >= 1, ">= 1"),
+        ("segment.lr", cfg.segment.lr > 0, "> 0"),
+        ("segment.checkpoint_every", cfg.segment.checkpoint_every >= 1, ">= 1"),
+        ("segment.encoder_min_width", 1 <= cfg.segment.encoder_min_width <= cfg.segment.encoder_base_width,
+         "in [1, segment.encoder_base_width]"),
+        ("segment.unet_width", cfg.segment.unet_width >= 1, ">= 1"),
+        ("segment.unet_depth", 1 <= cfg.segment.unet_depth and res % 2**cfg.segment.unet_depth == 0,
+         ">= 1 with data.resolution divisible by 2**depth"),
+        ("segment.perceptual_weight", cfg.segment.perceptual_weight >= 0, ">= 0"),
+        ("segment.serve", getattr(cfg.segment, cfg.segment.serve, True),
+         "a network the stage trains (segment.encoder / segment.distilled is false)"),
+        ("segment.encoder", cfg.segment.encoder or cfg.segment.distilled,
+         "true, or segment.distilled true: the stage needs a network to train"),
+        ("segment.perceptual_weights", cfg.segment.perceptual_weight == 0 or cfg.segment.perceptual_weights,
+         "the path of a local VGG16 notop weights file when segment.perceptual_weight > 0 (e.g. "
+         "~/.keras/models/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5, which "
+         "keras.applications.VGG16(include_top=False) downloads)"),
     ]
     for key, ok, expected in rules:
         if not ok:

@@ -58,3 +58,24 @@ def max_coverage_loss(mask, max_coverage):
 def binarization_loss(mask):
     """Pushes mask values to 0 or 1: mean min(mask, 1 - mask)."""
     return ops.mean(ops.minimum(mask, 1.0 - mask))
+
+
+# Segmentation stage: the encoder against the frozen generator, the distilled network.
+
+
+def latent_regression_loss(predicted_latents, latents):
+    """Mean squared error between the encoder's latents and the known z of generated images."""
+    return ops.mean(ops.square(predicted_latents - latents))
+
+
+def reconstruction_loss(reconstructions, images):
+    """Mean absolute (L1) difference between reconstructed and input images."""
+    return ops.mean(ops.abs(reconstructions - images))
+
+
+def mask_cross_entropy(predicted_masks, target_masks, epsilon=1e-6):
+    """Binary cross-entropy -t log p - (1 - t) log(1 - p) of predicted masks p in [0, 1] against
+    target masks t in [0, 1], with p clipped to [epsilon, 1 - epsilon] (generators output
+    probabilities, not logits)."""
+    p = ops.clip(predicted_masks, epsilon, 1.0 - epsilon)
+    return ops.mean(-target_masks * ops.log(p) - (1.0 - target_masks) * ops.log(1.0 - p))

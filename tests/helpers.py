@@ -12,3 +12,14 @@ def assert_config_round_trip(cls, args):
         assert getattr(clone, key) == value, key
     assert clone.get_config() == config
     return clone
+
+
+def load_cli():
+    """cli.py lives at the repository root, which is not a package: load it by path."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("cli", Path(__file__).resolve().parents[1] / "cli.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

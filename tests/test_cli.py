@@ -1,4 +1,3 @@
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -6,18 +5,12 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from helpers import load_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_cli():
-    """cli.py lives at the repository root, which is not a package: load it by path."""
-    spec = importlib.util.spec_from_file_location("cli", ROOT / "cli.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cli = _load_cli()
+cli = load_cli()
 
 
 def invoke(*args):

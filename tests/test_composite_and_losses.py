@@ -179,3 +179,41 @@ def test_binarization_loss():
     # min(m, 1 - m) for [0.1, 0.5, 0.8, 1.0] = [0.1, 0.5, 0.2, 0] -> mean 0.2
     mask = np.array([0.1, 0.5, 0.8, 1.0], np.float32).reshape(1, 2, 2, 1)
     assert value(losses.binarization_loss(mask)) == pytest.approx(0.2, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# segmentation stage
+
+
+def test_latent_regression_loss():
+    predicted = np.array([[1.0, 2.0], [0.0, -1.0]], np.float32)
+    target = np.array([[0.0, 2.0], [2.0, 1.0]], np.float32)
+    # squared errors [1, 0, 4, 4] -> mean 2.25
+    assert value(losses.latent_regression_loss(predicted, target)) == pytest.approx(2.25, rel=1e-6)
+
+
+def test_reconstruction_loss():
+    a = np.array([0.5, -1.0, 1.0, 0.0], np.float32).reshape(1, 2, 2, 1)
+    b = np.array([0.0, 1.0, 1.0, -0.5], np.float32).reshape(1, 2, 2, 1)
+    # |diff| = [0.5, 2, 0, 0.5] -> mean 0.75
+    assert value(losses.reconstruction_loss(a, b)) == pytest.approx(0.75, rel=1e-6)
+
+
+def test_mask_cross_entropy_hand_values():
+    p = np.array([0.9, 0.2, 0.5, 0.7], np.float32).reshape(1, 2, 2, 1)
+    t = np.array([1.0, 0.0, 1.0, 0.25], np.float32).reshape(1, 2, 2, 1)
+    expected = np.mean([
+        -math.log(0.9),
+        -math.log(0.8),
+        -math.log(0.5),
+        -(0.25 * math.log(0.7) + 0.75 * math.log(0.3)),
+    ])
+    assert value(losses.mask_cross_entropy(p, t)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_mask_cross_entropy_is_finite_for_saturated_masks():
+    p = np.array([0.0, 1.0], np.float32).reshape(1, 1, 2, 1)
+    t = np.array([1.0, 0.0], np.float32).reshape(1, 1, 2, 1)
+    # clipped at 1e-6: -log(1e-6) per pixel
+    assert value(losses.mask_cross_entropy(p, t)) == pytest.approx(-math.log(1e-6), rel=1e-3)
+    assert value(losses.mask_cross_entropy(t, t)) == pytest.approx(0.0, abs=1e-5)

@@ -229,7 +229,7 @@ def test_save_load_round_trip(tmp_path):
     assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
     assert again.train.g_lr == 1e-5 and isinstance(again.train.g_lr, float)
     # Saved as plain nested YAML with every section.
-    assert set(yaml.safe_load(path.read_text())) == {"data", "model", "perturb", "loss", "train"}
+    assert set(yaml.safe_load(path.read_text())) == {"data", "model", "perturb", "loss", "train", "segment"}
 
 
 def test_defaults_round_trip(tmp_path):

@@ -1,7 +1,10 @@
 """Models, optimizers and data built from a `Config`: the one place config keys meet classes."""
 
+from pathlib import Path
+
 import keras
 
+from keras_layered.config import ConfigError
 from keras_layered.data.synthetic import synthetic_scenes
 from keras_layered.models.discriminator import Discriminator
 from keras_layered.models.layered_generator import LayeredGenerator
@@ -72,11 +75,82 @@ def build_layered_gan(cfg):
     return gan
 
 
-def build_dataset(cfg):
+def build_dataset(cfg, batch_size=None):
     """The training images as a batched, infinite `tf.data.Dataset` of (B, H, W, 3) in [-1, 1]."""
     return synthetic_scenes(
         cfg.data.resolution,
-        cfg.train.batch_size,
+        batch_size or cfg.train.batch_size,
         seed=cfg.data.seed,
         difficulty=cfg.data.difficulty,
     )
+
+
+def build_eval_dataset(cfg, batch_size=128):
+    """The held-out built-in scenes, {"image", "mask"} batches: another seed than training."""
+    return synthetic_scenes(
+        cfg.data.resolution,
+        min(batch_size, cfg.data.eval_scenes),
+        seed=cfg.data.eval_seed,
+        difficulty=cfg.data.difficulty,
+        num_scenes=cfg.data.eval_scenes,
+        with_masks=True,
+    )
+
+
+def build_segmentation_trainer(cfg, generator):
+    """A compiled `SegmentationTrainer` of the networks `cfg.segment` enables, on `generator`."""
+    from keras_layered.models.encoder import Encoder
+    from keras_layered.models.perceptual import vgg16_features
+    from keras_layered.models.unet import UNet
+    from keras_layered.training.segmentation import SegmentationTrainer
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    s, res = cfg.segment, cfg.data.resolution
+    encoder = unet = features = None
+    if s.encoder:
+        encoder = Encoder(res, generator.latent_dim, base_width=s.encoder_base_width, min_width=s.encoder_min_width,
+                          name="encoder")
+    if s.distilled:
+        unet = UNet(res, width=s.unet_width, depth=s.unet_depth, name="unet")
+    if s.encoder and s.perceptual_weight:
+        if not Path(s.perceptual_weights).expanduser().is_file():
+            raise ConfigError(
+                f"segment.perceptual_weights: no file at {s.perceptual_weights!r}; give a local VGG16 notop "
+                f"weights file (.h5) or set segment.perceptual_weight=0"
+            )
+        features = vgg16_features(str(Path(s.perceptual_weights).expanduser()), res)
+    trainer = SegmentationTrainer(
+        generator,
+        encoder,
+        unet,
+        latent_weight=s.latent_weight,
+        mask_weight=s.mask_weight,
+        reconstruction_weight=s.reconstruction_weight,
+        feature_extractor=features,
+        perceptual_weight=s.perceptual_weight,
+        max_shift=cfg.perturb.max_shift,
+        seed=cfg.train.seed,
+    )
+
+    def adam():
+        return keras.optimizers.Adam(s.lr, beta_1=0.9, beta_2=0.99)
+
+    trainer.compile(encoder_optimizer=adam() if encoder else None, unet_optimizer=adam() if unet else None,
+                    jit_compile=cfg.train.jit_compile)
+    return trainer
+
+
+def build_segmenters(trainer):
+    """{"encoder": Segmenter, "distilled": Segmenter} of the trainer's networks (those it has)."""
+    from keras_layered.models.generator_inversion import GeneratorInversion
+    from keras_layered.models.segmenter import Segmenter
+
+    res = trainer.generator.resolution
+    segmenters = {}
+    if trainer.encoder is not None:
+        segmenters["encoder"] = Segmenter(GeneratorInversion(trainer.encoder, trainer.generator), res)
+    if trainer.unet is not None:
+        segmenters["distilled"] = Segmenter(trainer.unet, res)
+    for segmenter in segmenters.values():
+        segmenter.build((None, res, res, 3))
+    return segmenters

@@ -15,7 +15,8 @@ log = logging.getLogger("keras_layered")
 
 
 def _step(model):
-    return int(model.g_optimizer.iterations.numpy())
+    # A trainer's main optimizer counts its steps (the generator's, for a LayeredGAN).
+    return int(model.optimizer.iterations.numpy())
 
 
 class SampleGrid(keras.callbacks.Callback):
@@ -63,21 +64,23 @@ class SampleGrid(keras.callbacks.Callback):
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Checkpoints the whole training state (both models, EMA, optimizers, RNG) every `every`
-    steps and at the end, and restores the latest one before training starts."""
+    """Checkpoints the whole training state (models, EMA, optimizers, RNG) every `every` steps
+    and at the end into `directory`, and restores the latest one before training starts.
+    `objects(model)` names what to save, e.g. {"gan": model, "g_optimizer": ...}."""
 
-    def __init__(self, run_dir, every, max_to_keep=2):
+    def __init__(self, directory, every, objects, max_to_keep=2):
         super().__init__()
-        self.run_dir = Path(run_dir)
+        self.directory = Path(directory)
         self.every = every
+        self.objects = objects
         self.max_to_keep = max_to_keep
         self.manager = None
         self.last_saved = None
 
     def restore(self, model):
         """Restores the latest checkpoint into `model`; returns the restored step (0 if none)."""
-        ckpt = tf.train.Checkpoint(gan=model, g_optimizer=model.g_optimizer, d_optimizer=model.d_optimizer)
-        self.manager = tf.train.CheckpointManager(ckpt, self.run_dir / "checkpoints", self.max_to_keep)
+        ckpt = tf.train.Checkpoint(**self.objects(model))
+        self.manager = tf.train.CheckpointManager(ckpt, self.directory, self.max_to_keep)
         if self.manager.latest_checkpoint:
             ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
         return _step(model)

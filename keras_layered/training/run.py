@@ -1,48 +1,77 @@
-"""A training run: a directory holding the config, checkpoints, logs, samples and models."""
+"""A training run: a directory holding the config, checkpoints, logs, samples and models.
 
+Two stages, each resumable: the layered GAN, then the segmentation networks trained against its
+frozen EMA generator.
+"""
+
+import json
 import logging
 from pathlib import Path
 
 import keras
 
 from keras_layered.config import ConfigError
-from keras_layered.training.build import build_dataset, build_layered_gan
+from keras_layered.evaluation import evaluate_segmenter
+from keras_layered.training.build import (
+    build_dataset,
+    build_eval_dataset,
+    build_layered_gan,
+    build_segmentation_trainer,
+    build_segmenters,
+)
 from keras_layered.training.callbacks import Checkpoint, SampleGrid
 
 log = logging.getLogger("keras_layered")
 
+STAGES = ("gan", "encoder", "all")
 
-def epoch_plan(steps, steps_per_epoch):
-    """(epochs, steps_per_epoch) covering exactly `steps` generator steps."""
+
+def epoch_plan(steps, steps_per_epoch, section="train"):
+    """(epochs, steps_per_epoch) covering exactly `steps` steps."""
     steps_per_epoch = min(steps_per_epoch, steps)
     if steps % steps_per_epoch:
         raise ConfigError(
-            f"train.steps ({steps}) must be a multiple of train.steps_per_epoch ({steps_per_epoch})"
+            f"{section}.steps ({steps}) must be a multiple of {section}.steps_per_epoch ({steps_per_epoch})"
         )
     return steps // steps_per_epoch, steps_per_epoch
+
+
+def train(cfg, run_dir, stage="all", verbose="auto"):
+    """Runs the `stage`s of `cfg` in `run_dir` ("gan", "encoder" = the segmentation stage, or "all");
+    returns the evaluation of the segmentation stage, or None after the GAN stage alone."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+    if stage in ("gan", "all"):
+        train_gan(cfg, run_dir, verbose)
+    if stage in ("encoder", "all"):
+        return train_segmentation(cfg, run_dir, verbose)
+    return None
 
 
 def train_gan(cfg, run_dir, verbose="auto"):
     """Trains (or resumes) the layered GAN of `cfg` in `run_dir`; returns the `LayeredGAN`.
 
-    Writes `config.yaml`, `checkpoints/`, `tensorboard/`, `samples/step_*.png` and, at the end,
+    Writes `checkpoints/`, `tensorboard/`, `samples/step_*.png` and, at the end,
     `generator.keras` (the EMA generator) and `discriminator.keras`.
     """
     run_dir = Path(run_dir)
     epochs, steps_per_epoch = epoch_plan(cfg.train.steps, cfg.train.steps_per_epoch)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.yaml")
-
     gan = build_layered_gan(cfg)
-    checkpoint = Checkpoint(run_dir, cfg.train.checkpoint_every)
+    checkpoint = Checkpoint(
+        run_dir / "checkpoints",
+        cfg.train.checkpoint_every,
+        lambda m: {"gan": m, "g_optimizer": m.g_optimizer, "d_optimizer": m.d_optimizer},
+    )
     done = checkpoint.restore(gan)
     if done:
-        log.info("resuming %s from step %d", run_dir, done)
+        log.info("resuming the GAN stage of %s from step %d", run_dir, done)
     if done < cfg.train.steps:
-        samples = SampleGrid(run_dir, cfg.train.sample_every)
         callbacks = [
             keras.callbacks.TensorBoard(run_dir / "tensorboard", update_freq=50),
-            samples,
+            SampleGrid(run_dir, cfg.train.sample_every),
             checkpoint,
         ]
         gan.fit(
@@ -56,3 +85,56 @@ def train_gan(cfg, run_dir, verbose="auto"):
     gan.generator_ema.save(run_dir / "generator.keras")
     gan.discriminator.save(run_dir / "discriminator.keras")
     return gan
+
+
+def train_segmentation(cfg, run_dir, verbose="auto"):
+    """Trains (or resumes) the segmentation stage against `run_dir/generator.keras`, frozen.
+
+    Writes `checkpoints/segmentation/`, `tensorboard/segmentation/`, `segmenter_<method>.keras` per
+    trained method, `segmenter.keras` (the `segment.serve` one) and `evaluation.json` (scores on
+    the held-out built-in scenes). Returns the evaluation: {method: scores}.
+    """
+    run_dir = Path(run_dir)
+    s = cfg.segment
+    generator_path = run_dir / "generator.keras"
+    if not generator_path.exists():
+        raise ConfigError(
+            f"{run_dir} holds no generator.keras: train the GAN stage first "
+            f"(python cli.py train --stage gan --out {run_dir})"
+        )
+    epochs, steps_per_epoch = epoch_plan(s.steps, s.steps_per_epoch, "segment")
+    trainer = build_segmentation_trainer(cfg, keras.saving.load_model(generator_path))
+    checkpoint = Checkpoint(
+        run_dir / "checkpoints" / "segmentation",
+        s.checkpoint_every,
+        lambda t: {"trainer": t, **{f"{n.name}_optimizer": o for n, o in _networks(t)}},
+    )
+    done = checkpoint.restore(trainer)
+    if done:
+        log.info("resuming the segmentation stage of %s from step %d", run_dir, done)
+    if done < s.steps:
+        trainer.fit(
+            build_dataset(cfg, s.batch_size),
+            epochs=epochs,
+            initial_epoch=done // steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=[keras.callbacks.TensorBoard(run_dir / "tensorboard" / "segmentation", update_freq=50),
+                       checkpoint],
+            verbose=verbose,
+        )
+    segmenters = build_segmenters(trainer)
+    for method, segmenter in segmenters.items():
+        segmenter.save(run_dir / f"segmenter_{method}.keras")
+    segmenters[s.serve].save(run_dir / "segmenter.keras")
+    results = {method: evaluate_segmenter(seg, build_eval_dataset(cfg)) for method, seg in segmenters.items()}
+    evaluation = {"data": "synthetic", "eval_seed": cfg.data.eval_seed, "served": s.serve, "results": results}
+    (run_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    for method, scores in results.items():
+        log.info("%s: mean IoU %.3f, Dice %.3f on %d held-out scenes", method, scores["mean_iou"],
+                 scores["mean_dice"], scores["num_images"])
+    return results
+
+
+def _networks(trainer):
+    return [(n, o) for n, o in ((trainer.encoder, trainer.encoder_optimizer), (trainer.unet, trainer.unet_optimizer))
+            if n is not None]

@@ -1,0 +1,51 @@
+"""Where images come from, as one line of text shared by train, evaluate and segment.
+
+    synthetic              the built-in scenes (keras_layered.data.synthetic)
+    folder:PATH            image files under PATH (keras_layered.data.folder)
+    tfds:NAME[/CONFIG]     a TensorFlow Datasets dataset
+
+Only the kind before the first ":" is interpreted, so PATH may itself contain ":".
+"""
+
+import dataclasses
+
+__all__ = ["DataSpec", "parse_data_spec"]
+
+_FORMS = ("synthetic                e.g. synthetic\n"
+          "  folder:PATH              e.g. folder:data/CUB_200_2011\n"
+          "  tfds:NAME[/CONFIG]       e.g. tfds:caltech_birds2011 or tfds:coco/2017")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """A parsed data source. kind: "synthetic", "folder" or "tfds".
+
+    path_or_name: None for synthetic, the folder as written for folder (not resolved or checked
+    here), "NAME" or "NAME/CONFIG" for tfds.
+    """
+
+    kind: str
+    path_or_name: str | None = None
+
+    def __str__(self):
+        return self.kind if self.path_or_name is None else f"{self.kind}:{self.path_or_name}"
+
+
+def parse_data_spec(text: str) -> DataSpec:
+    """"synthetic", "folder:PATH" or "tfds:NAME[/CONFIG]" -> DataSpec; anything else raises ValueError.
+
+    Surrounding whitespace is ignored; kinds are lower case. str(spec) gives the text back.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"data source must be a string, got {text!r}; accepted forms:\n  {_FORMS}")
+    kind, colon, rest = text.strip().partition(":")
+    if kind == "synthetic" and not colon:
+        return DataSpec("synthetic")
+    if kind == "folder" and rest:
+        return DataSpec("folder", rest)
+    name, slash, config = rest.partition("/")
+    if kind == "tfds" and name and (config or not slash) and not any(c.isspace() for c in rest):
+        return DataSpec("tfds", rest)
+    looks_like_path = not colon and ("/" in kind or "\\" in kind)
+    hint = f" (for a folder of images, write folder:{kind})" if looks_like_path else ""
+    raise ValueError(f"unknown data source {text!r}{hint}; accepted forms:\n  {_FORMS}")

@@ -1,0 +1,67 @@
+"""Encoder followed by the frozen generator: image -> latent -> layers (the paper's segmentation path)."""
+
+import keras
+
+from keras_layered.layers import composite
+
+
+@keras.saving.register_keras_serializable(package="keras_layered")
+class GeneratorInversion(keras.Model):
+    """Decodes the encoder's latent for an image with the generator, unshifted.
+
+    Args:
+        encoder: images (B, H, W, 3) in [-1, 1] -> latents (B, latent_dim).
+        generator: latents -> {"background", "foreground", "mask"}; it is not trained through
+            this model (the encoder trainer freezes it; this model only reads it).
+
+    Call: images -> {"latent", "background", "foreground", "mask", "composite"}; "composite" is the
+    reconstruction of the input and "mask" its segmentation.
+    """
+
+    def __init__(self, encoder, generator, **kwargs):
+        super().__init__(**kwargs)
+        if encoder.latent_dim != generator.latent_dim:
+            raise ValueError(
+                f"GeneratorInversion: the encoder outputs {encoder.latent_dim} values but the generator "
+                f"takes latents of size {generator.latent_dim}; build the encoder with latent_dim="
+                f"{generator.latent_dim}."
+            )
+        if encoder.resolution != generator.resolution:
+            raise ValueError(
+                f"GeneratorInversion: the encoder reads {encoder.resolution} px images but the generator "
+                f"paints {generator.resolution} px; build the encoder with resolution={generator.resolution}."
+            )
+        self.encoder = encoder
+        self.generator = generator
+        self.resolution = generator.resolution
+
+    def build(self, input_shape):
+        # Sub-models may arrive built (a trained generator); build only what is not.
+        if not self.encoder.built:
+            self.encoder.build(input_shape)
+        if not self.generator.built:
+            self.generator.build((None, self.generator.latent_dim))
+
+    def call(self, images, training=False):
+        latent = self.encoder(images, training=training)
+        layers = self.generator(latent, training=False)  # BatchNorm statistics stay frozen
+        return {
+            "latent": latent,
+            **layers,
+            "composite": composite(layers["background"], layers["foreground"], layers["mask"]),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            generator=keras.saving.serialize_keras_object(self.generator),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["generator"] = keras.saving.deserialize_keras_object(config["generator"])
+        return cls(**config)

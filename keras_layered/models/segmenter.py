@@ -1,0 +1,101 @@
+"""The segmenter: one model from raw images (uint8 or float) to foreground masks, for serving."""
+
+import keras
+from keras import ops
+
+
+def to_model_range(images):
+    """uint8 images in [0, 255], or float images in [0, 1], -> float32 in [-1, 1].
+
+    A float image whose maximum exceeds 1 is read as [0, 255] (a uint8 image converted to float,
+    as TF Serving's JSON API and `np.asarray(..., float)` do); per image, so batches may mix.
+    """
+    return _rescale(ops.cast(images, "float32"), keras.backend.standardize_dtype(images.dtype) == "uint8")
+
+
+def _rescale(images, from_uint8):
+    if from_uint8:
+        return images / 127.5 - 1.0
+    peak = ops.max(images, axis=(1, 2, 3), keepdims=True)
+    scale = ops.where(peak > 1.0, 1.0 / 255.0, 1.0)
+    return images * (2.0 * scale) - 1.0
+
+
+def _shape_message(resolution, owner, got):
+    return (
+        f"{owner}: expected images of shape (batch, {resolution}, {resolution}, 3), got {got}. "
+        f"Convert grayscale/RGBA images to RGB, add a batch axis for single images, and resize to "
+        f"{resolution}x{resolution} (`python cli.py segment` does all of this for you)."
+    )
+
+
+def check_image_shape(images_or_shape, resolution, owner):
+    """Raises a ValueError naming the expected shape unless images are (B, resolution, resolution, 3).
+
+    Static dimensions are checked in Python. Under TensorFlow, dimensions unknown while tracing (a
+    `predict` retraced for a new shape, a SavedModel with free shapes) are checked when the graph
+    runs: float images come back through a guard that fails with the same message, and with a
+    static shape, so the network behind traces with a known rank.
+    """
+    shape = getattr(images_or_shape, "shape", images_or_shape)
+    if getattr(shape, "rank", 0) is not None:  # a TensorShape of unknown rank is checked at run time
+        shape = tuple(shape)
+        ok = len(shape) == 4 and shape[3] in (3, None) and all(s in (resolution, None) for s in shape[1:3])
+        if not ok:
+            raise ValueError(_shape_message(resolution, owner, shape))
+    if not hasattr(images_or_shape, "shape") or keras.backend.backend() != "tensorflow":
+        return images_or_shape
+    import tensorflow as tf
+
+    actual = tf.shape(images_or_shape)
+    padded = tf.pad(actual, [[0, 4]])  # so that a rank below 4 cannot index out of range
+    ok = tf.logical_and(tf.equal(tf.size(actual), 4), tf.reduce_all(tf.equal(padded[1:4], [resolution, resolution, 3])))
+    # A NaN that check_numerics rejects, added to the images: a data dependency, so the check runs
+    # before any op that reads them. The static shape comes from a reshape, which tells graph
+    # optimisation nothing about the input's shape: `set_shape` / `ensure_shape` let grappler fold
+    # `ok` to true and drop the check.
+    guard = tf.debugging.check_numerics(
+        tf.where(ok, 0.0, float("nan")), _shape_message(resolution, owner, "another shape")
+    )
+    return tf.reshape(images_or_shape + tf.cast(guard, images_or_shape.dtype), (-1, resolution, resolution, 3))
+
+
+@keras.saving.register_keras_serializable(package="keras_layered")
+class Segmenter(keras.Model):
+    """Preprocessing + a segmentation network, as one model to save, export and `predict` with.
+
+    Args:
+        network: images (B, H, W, 3) in [-1, 1] -> masks (B, H, W, 1) in [0, 1], or a dict holding
+            them under "mask" (e.g. `GeneratorInversion`, `UNet`).
+        resolution: the image size the network was trained at.
+
+    Call: images (B, resolution, resolution, 3), uint8 in [0, 255] or float in [0, 1] (see
+    `to_model_range`) -> masks (B, resolution, resolution, 1) in [0, 1].
+    """
+
+    def __init__(self, network, resolution, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.resolution = resolution
+
+    def build(self, input_shape):
+        check_image_shape(input_shape, self.resolution, "Segmenter")
+        if not self.network.built:
+            self.network.build((None, *input_shape[1:]))
+
+    def call(self, images):
+        from_uint8 = keras.backend.standardize_dtype(images.dtype) == "uint8"
+        images = check_image_shape(ops.cast(images, "float32"), self.resolution, "Segmenter")
+        out = self.network(_rescale(images, from_uint8), training=False)
+        return out["mask"] if isinstance(out, dict) else out
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(network=keras.saving.serialize_keras_object(self.network), resolution=self.resolution)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        return cls(**config)

@@ -1,0 +1,145 @@
+"""The segmentation stage: an encoder (and optionally a distilled U-Net) trained against the
+frozen generator (TensorFlow: tapes, tf.distribute)."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_layered import distribute, losses
+from keras_layered.layers import RandomShift, composite
+
+
+class SegmentationTrainer(keras.Model):
+    """Trains segmentation networks from a frozen layered generator; `fit` on real images.
+
+    One `train_step`: sample z, generate layers with the frozen generator (inference mode), then
+    - encoder E (the paper's path): latent regression ||E(G(z)) - z||^2 and mask consistency
+      BCE(mask(G(E(G(z)))), mask(G(z))) on generated images, whose latent and exact mask are
+      known, plus L1 reconstruction |composite(G(E(x))) - x| of the real batch;
+    - distilled U-Net (beyond the paper): BCE on randomly shifted generated composites against
+      their shifted masks (thresholded at 0.5), the images the discriminator judged realistic.
+
+    The generator is frozen explicitly (`trainable = False`) and never in an optimizer.
+
+    Args:
+        generator: a trained layered generator (e.g. the EMA generator of a `LayeredGAN`).
+        encoder: an `Encoder` with the generator's latent_dim, or None to train only the U-Net.
+        unet: a `UNet`, or None to train only the encoder.
+        latent_weight, mask_weight, reconstruction_weight: weights of the encoder's loss terms.
+        feature_extractor, perceptual_weight: optional frozen image -> features model (e.g.
+            `vgg16_features`) and the weight of the L1 between features of G(E(x)) and x.
+        max_shift: random shift of the U-Net's training composites (fraction of the size).
+        seed: seed of z sampling and the shift.
+    """
+
+    def __init__(self, generator, encoder=None, unet=None, latent_weight=1.0, mask_weight=1.0,
+                 reconstruction_weight=1.0, feature_extractor=None, perceptual_weight=0.0, max_shift=0.125,
+                 seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if encoder is None and unet is None:
+            raise ValueError("SegmentationTrainer: give an encoder, a unet or both.")
+        self.generator = generator
+        self.generator.trainable = False
+        self.encoder = encoder
+        self.unet = unet
+        self.latent_dim = generator.latent_dim
+        self.latent_weight = latent_weight
+        self.mask_weight = mask_weight
+        self.reconstruction_weight = reconstruction_weight
+        self.feature_extractor = feature_extractor
+        self.perceptual_weight = perceptual_weight if feature_extractor is not None else 0.0
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.shift = RandomShift(max_shift, seed=None if seed is None else seed + 1, name="random_shift")
+        shape = (None, generator.resolution, generator.resolution, 3)
+        for network in (encoder, unet):
+            if network is not None and not network.built:
+                network.build(shape)
+        self.built = True
+        names = []
+        if encoder is not None:
+            names += ["latent_loss", "mask_loss", "reconstruction_loss"]
+            names += ["perceptual_loss"] if self.perceptual_weight else []
+            names += ["encoder_loss"]
+        if unet is not None:
+            names += ["unet_loss"]
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    def compile(self, encoder_optimizer=None, unet_optimizer=None, **kwargs):
+        super().compile(optimizer=encoder_optimizer or unet_optimizer, **kwargs)
+        self.encoder_optimizer = encoder_optimizer
+        self.unet_optimizer = unet_optimizer
+        # Built here, inside the strategy scope (see LayeredGAN.compile).
+        for optimizer, network in ((encoder_optimizer, self.encoder), (unet_optimizer, self.unet)):
+            if network is not None:
+                if optimizer is None:
+                    raise ValueError(f"SegmentationTrainer.compile: give an optimizer for the {network.name}.")
+                optimizer.build(network.trainable_variables)
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, images, training=False):
+        """Masks of the U-Net if there is one, else of the encoder path; images in [-1, 1]."""
+        if self.unet is not None:
+            return self.unet(images, training=training)
+        return self.generator(self.encoder(images, training=training), training=False)["mask"]
+
+    def train_step(self, data):
+        real = data["image"] if isinstance(data, dict) else keras.utils.unpack_x_y_sample_weight(data)[0]
+        batch_size = tf.shape(real)[0]
+        z = distribute.normal((batch_size, self.latent_dim), self.seed_generator)
+        layers = self.generator(z, training=False)
+        terms = {}
+        if self.encoder is not None:
+            terms.update(self._encoder_step(real, z, layers))
+        if self.unet is not None:
+            terms.update(self._unet_step(layers))
+        for name, value in terms.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def _replica_scale(self):
+        return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+
+    def _encoder_step(self, real, z, layers):
+        generated = composite(layers["background"], layers["foreground"], layers["mask"])
+        n = tf.shape(generated)[0]
+        variables = self.encoder.trainable_variables
+        with tf.GradientTape() as tape:
+            latents = self.encoder(ops.concatenate([generated, real], axis=0), training=True)
+            decoded = self.generator(latents, training=False)  # one pass for both halves
+            reconstruction = composite(decoded["background"], decoded["foreground"], decoded["mask"])
+            latent_loss = losses.latent_regression_loss(latents[:n], z)
+            mask_loss = losses.mask_cross_entropy(decoded["mask"][:n], layers["mask"])
+            reconstruction_loss = losses.reconstruction_loss(reconstruction[n:], real)
+            terms = {
+                "latent_loss": latent_loss,
+                "mask_loss": mask_loss,
+                "reconstruction_loss": reconstruction_loss,
+            }
+            loss = (
+                self.latent_weight * latent_loss
+                + self.mask_weight * mask_loss
+                + self.reconstruction_weight * reconstruction_loss
+            )
+            if self.perceptual_weight:
+                features = self.feature_extractor(ops.concatenate([reconstruction[n:], real], axis=0))
+                terms["perceptual_loss"] = losses.reconstruction_loss(features[:n], features[n:])
+                loss += self.perceptual_weight * terms["perceptual_loss"]
+            scaled_loss = loss * self._replica_scale()
+        grads = tape.gradient(scaled_loss, variables)
+        self.encoder_optimizer.apply_gradients(zip(grads, variables))
+        return {**terms, "encoder_loss": loss}
+
+    def _unet_step(self, layers):
+        foreground, mask = self.shift([layers["foreground"], layers["mask"]], training=True)
+        images = composite(layers["background"], foreground, mask)
+        target = ops.cast(mask > 0.5, "float32")
+        variables = self.unet.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = losses.mask_cross_entropy(self.unet(images, training=True), target)
+            scaled_loss = loss * self._replica_scale()
+        grads = tape.gradient(scaled_loss, variables)
+        self.unet_optimizer.apply_gradients(zip(grads, variables))
+        return {"unet_loss": loss}

@@ -1,0 +1,376 @@
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import assert_config_round_trip
+
+from keras_layered.models.encoder import Encoder
+from keras_layered.models.generator_inversion import GeneratorInversion
+from keras_layered.models.layered_generator import LayeredGenerator
+from keras_layered.models.segmenter import Segmenter, to_model_range
+from keras_layered.models.unet import UNet
+
+RES, LATENT = 8, 4
+GENERATOR_KEYS = ("background", "foreground", "mask")
+INVERSION_KEYS = ("latent", *GENERATOR_KEYS, "composite")
+SHAPE_MESSAGE = "expected images of shape"
+
+
+def numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def images(n, resolution=RES, seed=0, scale=1.0):
+    """Model-range images, (n, resolution, resolution, 3) in [-scale, scale]."""
+    return np.random.default_rng(seed).uniform(-scale, scale, (n, resolution, resolution, 3)).astype("float32")
+
+
+def uint8_images(n, resolution=RES, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, resolution, resolution, 3), dtype=np.uint8)
+
+
+def tiny_encoder(latent_dim=LATENT):
+    return Encoder(RES, latent_dim, base_width=16, min_width=8, hidden_dim=16)
+
+
+def tiny_generator():
+    return LayeredGenerator(RES, LATENT, base_width=16, min_width=8)
+
+
+def tiny_unet_segmenter():
+    return Segmenter(UNet(RES, width=4, depth=1), RES)
+
+
+def batch_norm_statistics(model):
+    return [numpy(w) for w in model.non_trainable_weights if "moving" in w.path]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    keras.utils.set_random_seed(0)
+    encoder = tiny_encoder()
+    encoder(images(1))  # built, so that saving it saves its weights
+    return encoder
+
+
+@pytest.fixture(scope="module")
+def inversion(encoder):
+    keras.utils.set_random_seed(1)
+    generator = tiny_generator()
+    z = np.random.default_rng(0).standard_normal((8, LATENT)).astype("float32")
+    generator(z, training=True)  # moves the BatchNormalization statistics off their initial values
+    inversion = GeneratorInversion(encoder, generator)
+    inversion(images(1))
+    return inversion
+
+
+@pytest.fixture(scope="module")
+def unet():
+    keras.utils.set_random_seed(2)
+    unet = UNet(16, width=4, depth=2)
+    unet(images(1, 16))
+    return unet
+
+
+@pytest.fixture(scope="module")
+def segmenters(inversion):
+    keras.utils.set_random_seed(3)
+    segmenters = {"unet": Segmenter(UNet(RES, width=4, depth=2), RES), "inversion": Segmenter(inversion, RES)}
+    for segmenter in segmenters.values():
+        segmenter(uint8_images(1))
+    return segmenters
+
+
+# Encoder
+
+
+def test_encoder_output_shape(encoder):
+    x = images(4, scale=10.0)
+    latent = numpy(encoder(x))
+    assert latent.shape == (4, LATENT)
+    assert np.all(np.isfinite(latent))
+    assert not np.allclose(latent[0], latent[1])  # a per-sample function of the image
+    # No normalisation layers: training and inference modes compute the same function.
+    np.testing.assert_array_equal(numpy(encoder(x, training=True)), latent)
+
+
+@pytest.mark.parametrize("resolution", [12, 4, 512])
+def test_encoder_bad_resolution_raises(resolution):
+    with pytest.raises(ValueError, match="resolution"):
+        Encoder(resolution, LATENT, base_width=16, min_width=8, hidden_dim=16)
+
+
+def test_encoder_get_config_from_config_round_trip():
+    args = dict(resolution=16, latent_dim=6, base_width=24, min_width=8, hidden_dim=12)
+    clone = assert_config_round_trip(Encoder, args)
+    assert numpy(clone(images(2, 16))).shape == (2, 6)
+
+
+def test_encoder_keras_save_load_round_trip(encoder, tmp_path):
+    x = images(4, seed=1)
+    encoder.save(tmp_path / "encoder.keras")
+    loaded = keras.saving.load_model(tmp_path / "encoder.keras")
+    assert isinstance(loaded, Encoder)
+    assert loaded.get_config() == encoder.get_config()
+    np.testing.assert_array_equal(numpy(loaded(x)), numpy(encoder(x)))
+
+
+# UNet
+
+
+def test_unet_output_shape_and_range(unet):
+    x = images(3, 16, scale=10.0)  # large inputs push the mask logits far out
+    mask = numpy(unet(x))
+    assert mask.shape == (3, 16, 16, 1)
+    assert mask.min() >= 0.0 and mask.max() <= 1.0
+    assert np.all(np.isfinite(mask))
+
+
+def test_unet_mask_varies_per_pixel_and_moves_with_the_image(unet):
+    x = images(1, 16, seed=4)
+    mask = numpy(unet(x))[0, ..., 0]
+    assert mask.std() > 0  # not one value per image
+    shifted = numpy(unet(np.roll(x, 3, axis=2)))[0, ..., 0]
+    assert np.abs(shifted - mask).max() > 1e-4  # a function of where things are, not of their histogram
+
+
+def test_unet_local_change_changes_the_mask_there(unet):
+    x = images(1, 16, seed=5)
+    y = x.copy()
+    y[0, 7:9, 7:9] = -x[0, 7:9, 7:9]  # only a 2x2 region changes
+    delta = np.abs(numpy(unet(y)) - numpy(unet(x)))[0, ..., 0]
+    assert np.all(delta[7:9, 7:9] > 0)
+
+
+def test_unet_skip_connection_alone_carries_the_full_resolution_input(unet):
+    """With the decoder's path from the bottleneck cut (its last up-conv zeroed), the mask is a
+    function of the full-resolution skip alone: two 3x3 convs down, two up, a 1x1 out, so one
+    input pixel reaches exactly the outputs within Chebyshev distance 4."""
+    cut = UNet.from_config(unet.get_config())
+    cut.build((None, 16, 16, 3))
+    cut.set_weights(unet.get_weights())
+    for w in cut.up_convs[0].weights:
+        w.assign(np.zeros(w.shape, "float32"))
+    x = images(1, 16, seed=6)
+    y = x.copy()
+    y[0, 8, 8] = -x[0, 8, 8]
+    masks = numpy(cut(np.concatenate([x, y])))[..., 0]
+    assert masks[0].std() > 0
+    changed = masks[0] != masks[1]
+    rows, cols = np.indices((16, 16))
+    expected = np.maximum(np.abs(rows - 8), np.abs(cols - 8)) <= 4
+    np.testing.assert_array_equal(changed, expected)
+
+
+@pytest.mark.parametrize("resolution, depth", [(16, 0), (16, 5), (8, 4), (16, 2.0)])
+def test_unet_bad_depth_raises(resolution, depth):
+    with pytest.raises(ValueError, match="depth"):
+        UNet(resolution, width=4, depth=depth)
+
+
+def test_unet_bad_resolution_raises():
+    with pytest.raises(ValueError, match="resolution"):
+        UNet(12, width=4, depth=2)
+
+
+def test_unet_get_config_from_config_round_trip():
+    args = dict(resolution=16, width=6, depth=3)
+    clone = assert_config_round_trip(UNet, args)
+    assert numpy(clone(images(2, 16))).shape == (2, 16, 16, 1)
+
+
+def test_unet_keras_save_load_round_trip(unet, tmp_path):
+    x = images(2, 16, seed=7)
+    unet.save(tmp_path / "unet.keras")
+    loaded = keras.saving.load_model(tmp_path / "unet.keras")
+    assert isinstance(loaded, UNet)
+    assert loaded.get_config() == unet.get_config()
+    np.testing.assert_array_equal(numpy(loaded(x)), numpy(unet(x)))
+
+
+# GeneratorInversion
+
+
+def test_inversion_outputs_are_the_generator_decoding_the_encoder_latent(inversion):
+    x = images(4, seed=8)
+    out = {k: numpy(v) for k, v in inversion(x).items()}
+    assert set(out) == set(INVERSION_KEYS)
+    assert out["latent"].shape == (4, LATENT)
+    for key in ("background", "foreground", "composite"):
+        assert out[key].shape == (4, RES, RES, 3), key
+    assert out["mask"].shape == (4, RES, RES, 1)
+    bg, fg, mask = out["background"], out["foreground"], out["mask"]
+    np.testing.assert_array_equal(out["composite"], bg * (1.0 - mask) + fg * mask)
+    np.testing.assert_array_equal(out["latent"], numpy(inversion.encoder(x)))
+    expected = inversion.generator(inversion.encoder(x), training=False)
+    for key in GENERATOR_KEYS:
+        np.testing.assert_array_equal(out[key], numpy(expected[key]), err_msg=key)
+
+
+def test_inversion_uses_the_generator_in_inference_mode(inversion):
+    x = images(4, seed=9)
+    before = batch_norm_statistics(inversion.generator)
+    assert before  # the generator has BatchNormalization statistics to protect
+    train = inversion(x, training=True)
+    for b, a in zip(before, batch_norm_statistics(inversion.generator)):
+        np.testing.assert_array_equal(a, b)
+    # The encoder has no normalisation either, so training mode changes nothing at all.
+    infer = inversion(x, training=False)
+    for key in INVERSION_KEYS:
+        np.testing.assert_array_equal(numpy(train[key]), numpy(infer[key]), err_msg=key)
+
+
+def test_inversion_mismatched_latent_dim_raises_with_the_fix():
+    with pytest.raises(ValueError, match=f"latent_dim={LATENT}"):
+        GeneratorInversion(tiny_encoder(latent_dim=LATENT + 1), tiny_generator())
+
+
+def test_inversion_keras_save_load_round_trip(inversion, tmp_path):
+    x = images(4, seed=10)
+    inversion.save(tmp_path / "inversion.keras")
+    loaded = keras.saving.load_model(tmp_path / "inversion.keras")
+    assert isinstance(loaded, GeneratorInversion)
+    assert isinstance(loaded.encoder, Encoder) and isinstance(loaded.generator, LayeredGenerator)
+    assert loaded.encoder.get_config() == inversion.encoder.get_config()
+    assert loaded.generator.get_config() == inversion.generator.get_config()
+    for a, b in zip(batch_norm_statistics(loaded.generator), batch_norm_statistics(inversion.generator)):
+        np.testing.assert_array_equal(a, b)
+    expected, actual = inversion(x), loaded(x)
+    for key in INVERSION_KEYS:
+        np.testing.assert_array_equal(numpy(actual[key]), numpy(expected[key]), err_msg=key)
+
+
+# Segmenter and to_model_range
+
+
+def test_to_model_range_uint8_is_exact():
+    x = np.array([0, 255, 51, 204], np.uint8).reshape(1, 2, 2, 1)
+    out = numpy(to_model_range(x))
+    assert out.dtype == np.float32
+    assert out.ravel()[0] == -1.0 and out.ravel()[1] == 1.0  # the extremes exactly
+    np.testing.assert_allclose(out.ravel()[2:], [-0.6, 0.6], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_to_model_range_float_unit_interval(dtype):
+    x = np.array([0.0, 1.0, 0.5, 0.25], dtype).reshape(1, 2, 2, 1)
+    out = numpy(to_model_range(x))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.ravel(), [-1.0, 1.0, 0.0, -0.5], atol=1e-7)
+
+
+def test_to_model_range_reads_each_float_image_by_its_own_peak():
+    unit = np.array([0.0, 0.5, 1.0, 0.25], np.float32).reshape(2, 2, 1)
+    batch = np.stack([unit, unit * 255.0, unit * 0.5, unit * 2.0])  # [0,1], [0,255], dark [0,1], max 2
+    out = numpy(to_model_range(batch)).reshape(4, 4)
+    np.testing.assert_allclose(out[0], [-1.0, 0.0, 1.0, -0.5], atol=1e-6)
+    np.testing.assert_allclose(out[1], [-1.0, 0.0, 1.0, -0.5], atol=1e-6)
+    np.testing.assert_allclose(out[2], [-1.0, -0.5, 0.0, -0.75], atol=1e-6)
+    np.testing.assert_allclose(out[3], np.array([0.0, 1.0, 2.0, 0.5]) * 2 / 255 - 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["unet", "inversion"])
+def test_segmenter_masks_shape_range_and_dtype_agreement(segmenters, kind):
+    segmenter = segmenters[kind]
+    x = uint8_images(4, seed=11)
+    masks = numpy(segmenter(x))
+    assert masks.shape == (4, RES, RES, 1)
+    assert masks.min() >= 0.0 and masks.max() <= 1.0
+    assert not np.allclose(masks[0], masks[1])
+    # The same pictures as uint8, as float in [0, 1], and as float in [0, 255].
+    np.testing.assert_allclose(numpy(segmenter(x.astype("float32") / 255.0)), masks, atol=1e-6)
+    np.testing.assert_allclose(numpy(segmenter(x.astype("float32"))), masks, atol=1e-6)
+    np.testing.assert_allclose(segmenter.predict(x, verbose=0), masks, atol=1e-6)
+
+
+def test_segmenter_inversion_masks_are_the_inversion_masks(segmenters, inversion):
+    x = uint8_images(4, seed=12)
+    expected = numpy(inversion(x.astype("float32") / 127.5 - 1.0)["mask"])
+    np.testing.assert_allclose(numpy(segmenters["inversion"](x)), expected, atol=1e-6)
+
+
+BAD_SHAPES = {"rgba": (2, RES, RES, 4), "no_batch_axis": (RES, RES, 3), "wrong_size": (2, 2 * RES, 2 * RES, 3),
+              "not_square": (2, RES, 2 * RES, 3)}
+
+
+@pytest.mark.parametrize("name", BAD_SHAPES)
+def test_segmenter_bad_shape_raises_when_called(name):
+    with pytest.raises(ValueError, match=SHAPE_MESSAGE) as info:
+        tiny_unet_segmenter()(np.zeros(BAD_SHAPES[name], "float32"))
+    assert f"(batch, {RES}, {RES}, 3)" in str(info.value)
+
+
+@pytest.mark.parametrize("name", BAD_SHAPES)
+def test_segmenter_bad_shape_raises_in_first_predict(name):
+    # The first trace sees the static shape, so the Python check raises while tracing.
+    with pytest.raises(ValueError, match=SHAPE_MESSAGE):
+        tiny_unet_segmenter().predict(np.zeros(BAD_SHAPES[name], "float32"), verbose=0)
+
+
+@pytest.mark.parametrize("name", ["rgba", "wrong_size", "not_square", "no_batch_axis"])
+def test_segmenter_bad_shape_raises_in_predict_after_good_batches(name):
+    """After a good batch, `predict` retraces with relaxed (unknown) dimensions, so the shape is
+    checked when the graph runs and TensorFlow raises InvalidArgumentError carrying the message."""
+    segmenter = tiny_unet_segmenter()
+    assert segmenter.predict(uint8_images(2), verbose=0).shape == (2, RES, RES, 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=SHAPE_MESSAGE):
+        segmenter.predict(np.zeros(BAD_SHAPES[name], "uint8"), verbose=0)
+    assert segmenter.predict(uint8_images(3), verbose=0).shape == (3, RES, RES, 1)  # still serves good batches
+
+
+def test_segmenter_bad_shape_raises_at_run_time_for_free_dimensions():
+    segmenter = tiny_unet_segmenter()
+    free = tf.TensorSpec((None, None, None, None), tf.uint8)
+
+    def dataset(x):
+        one_batch = tf.data.Dataset.from_generator(lambda: iter([x]), output_signature=free)
+        return one_batch.apply(tf.data.experimental.assert_cardinality(1))
+
+    assert segmenter.predict(dataset(uint8_images(2)), verbose=0).shape == (2, RES, RES, 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=SHAPE_MESSAGE):
+        segmenter.predict(dataset(np.zeros(BAD_SHAPES["rgba"], "uint8")), verbose=0)
+
+
+FRESH_PROCESS = textwrap.dedent("""
+    import os, sys
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np
+    import keras
+    import keras_layered
+    root, kinds = sys.argv[1], sys.argv[2:]
+    x = np.load(root + "/images.npy")
+    out = {}
+    for kind in kinds:
+        segmenter = keras.saving.load_model(f"{root}/{kind}.keras")
+        out[kind] = segmenter.predict(x, verbose=0)
+        out[kind + "/network"] = np.array(type(segmenter.network).__name__)
+    np.savez(root + "/masks.npz", **out)
+""")
+
+
+def test_segmenter_keras_round_trip_with_only_the_package_import(segmenters, tmp_path):
+    x = uint8_images(4, seed=13)
+    np.save(tmp_path / "images.npy", x)
+    for kind, segmenter in segmenters.items():
+        segmenter.save(tmp_path / f"{kind}.keras")
+        loaded = keras.saving.load_model(tmp_path / f"{kind}.keras")
+        assert isinstance(loaded, Segmenter) and type(loaded.network) is type(segmenter.network)
+        assert loaded.resolution == RES
+        np.testing.assert_array_equal(numpy(loaded(x)), numpy(segmenter(x)), err_msg=kind)
+    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path), *segmenters],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = np.load(tmp_path / "masks.npz")
+    assert str(fresh["unet/network"]) == "UNet" and str(fresh["inversion/network"]) == "GeneratorInversion"
+    for kind, segmenter in segmenters.items():
+        np.testing.assert_allclose(fresh[kind], segmenter.predict(x, verbose=0), atol=1e-6, err_msg=kind)
+
+
+def test_inversion_mismatched_resolution_raises_with_the_fix():
+    with pytest.raises(ValueError, match="resolution=8"):
+        GeneratorInversion(Encoder(16, 4, 16, 8, 16), LayeredGenerator(8, 4, 16, 8))

@@ -1,0 +1,288 @@
+"""The segmentation stage: SegmentationTrainer, the `encoder` stage of a run, and the CLI commands
+that use its result (evaluate, export, segment)."""
+
+import copy
+import json
+import shutil
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+from PIL import Image
+
+from helpers import load_cli
+
+from keras_layered.config import ConfigError, config_from_dict, load_config
+from keras_layered.models.encoder import Encoder
+from keras_layered.models.layered_generator import LayeredGenerator
+from keras_layered.models.unet import UNet
+from keras_layered.training import run as run_module
+from keras_layered.training.segmentation import SegmentationTrainer
+
+RES, LATENT, BATCH = 8, 8, 4
+
+TINY = {
+    "data": {"resolution": RES, "eval_scenes": 16},
+    "model": {"latent_dim": LATENT, "base_width": 16, "min_width": 8, "d_base_width": 16, "d_min_width": 8},
+    "train": {"steps": 2, "steps_per_epoch": 2, "batch_size": BATCH, "seed": 0, "checkpoint_every": 2,
+              "sample_every": 2},
+    "segment": {"steps": 2, "steps_per_epoch": 2, "checkpoint_every": 2, "batch_size": BATCH,
+                "encoder_base_width": 16, "encoder_min_width": 8, "unet_width": 4, "unet_depth": 2},
+}
+
+
+def tiny_config(**segment):
+    values = copy.deepcopy(TINY)
+    values["segment"].update(segment)
+    return config_from_dict(values)
+
+
+def weights(model):
+    return [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+
+
+def generator():
+    keras.utils.set_random_seed(0)
+    g = LayeredGenerator(RES, LATENT, base_width=16, min_width=8)
+    g(np.zeros((1, LATENT), np.float32))
+    return g
+
+
+def real_images():
+    return tf.data.Dataset.from_tensors(
+        np.random.default_rng(0).uniform(-1, 1, (BATCH, RES, RES, 3)).astype("float32")
+    ).repeat()
+
+
+def trainer(g, encoder=True, unet=True, **kwargs):
+    t = SegmentationTrainer(
+        g,
+        Encoder(RES, LATENT, base_width=16, min_width=8, hidden_dim=16) if encoder else None,
+        UNet(RES, width=4, depth=2) if unet else None,
+        seed=0,
+        **kwargs,
+    )
+    t.compile(keras.optimizers.Adam(1e-3) if encoder else None, keras.optimizers.Adam(1e-3) if unet else None)
+    return t
+
+
+# --- SegmentationTrainer ---------------------------------------------------------------------------
+
+
+def test_generator_is_frozen_bit_for_bit_while_the_networks_learn():
+    g = generator()
+    t = trainer(g)
+    before_g, before_e, before_u = weights(g), weights(t.encoder), weights(t.unet)
+    history = t.fit(real_images(), steps_per_epoch=3, epochs=1, verbose=0).history
+    # Every generator variable, BatchNorm moving statistics included, is unchanged.
+    for now, then in zip(weights(g), before_g):
+        np.testing.assert_array_equal(now, then)
+    assert not g.trainable
+    assert all(not np.array_equal(a, b) for a, b in zip(weights(t.encoder), before_e))
+    assert all(not np.array_equal(a, b) for a, b in zip(weights(t.unet), before_u))
+    assert set(history) == {"latent_loss", "mask_loss", "reconstruction_loss", "encoder_loss", "unet_loss"}
+    assert all(np.isfinite(v[-1]) for v in history.values())
+
+
+def test_encoder_loss_is_the_weighted_sum_of_its_terms():
+    t = trainer(generator(), unet=False, latent_weight=0.5, mask_weight=2.0, reconstruction_weight=3.0)
+    logs = t.fit(real_images(), steps_per_epoch=1, epochs=1, verbose=0).history
+    expected = 0.5 * logs["latent_loss"][0] + 2.0 * logs["mask_loss"][0] + 3.0 * logs["reconstruction_loss"][0]
+    assert logs["encoder_loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert "unet_loss" not in logs
+
+
+def test_encoder_learns_to_invert_the_generator():
+    """Latent regression on generated images alone drives ||E(G(z)) - z|| down."""
+    from keras_layered.layers import composite
+
+    g = generator()
+    t = trainer(g, unet=False, mask_weight=0.0, reconstruction_weight=0.0)
+    t.encoder_optimizer.learning_rate.assign(3e-3)
+    z = np.random.default_rng(3).standard_normal((64, LATENT)).astype("float32")
+    layers = g(z)
+    images = composite(layers["background"], layers["foreground"], layers["mask"])
+
+    def latent_error():
+        return float(np.mean((keras.ops.convert_to_numpy(t.encoder(images)) - z) ** 2))
+
+    before = latent_error()
+    t.fit(real_images(), steps_per_epoch=100, epochs=1, verbose=0)
+    assert latent_error() < 0.5 * before
+
+
+def test_unet_only_trainer_and_its_call():
+    t = trainer(generator(), encoder=False)
+    logs = t.fit(real_images(), steps_per_epoch=2, epochs=1, verbose=0).history
+    assert set(logs) == {"unet_loss"}
+    masks = keras.ops.convert_to_numpy(t(np.zeros((2, RES, RES, 3), np.float32)))
+    assert masks.shape == (2, RES, RES, 1) and np.all((masks >= 0) & (masks <= 1))
+
+
+def test_trainer_needs_a_network_and_its_optimizer():
+    with pytest.raises(ValueError, match="encoder, a unet or both"):
+        SegmentationTrainer(generator())
+    t = SegmentationTrainer(generator(), Encoder(RES, LATENT, base_width=16, min_width=8))
+    with pytest.raises(ValueError, match="optimizer for the encoder"):
+        t.compile(None, keras.optimizers.Adam())
+
+
+def test_perceptual_term_with_a_local_weights_file(tmp_path):
+    from keras_layered.models.perceptual import vgg16_features
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path / "vgg16_notop.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    features = vgg16_features(str(path), RES)
+    assert features(np.zeros((1, RES, RES, 3), np.float32)).shape == (1, 8, 8, 256)
+    t = trainer(generator(), unet=False, feature_extractor=features, perceptual_weight=0.5)
+    logs = t.fit(real_images(), steps_per_epoch=1, epochs=1, verbose=0).history
+    expected = (logs["latent_loss"][0] + logs["mask_loss"][0] + logs["reconstruction_loss"][0]
+                + 0.5 * logs["perceptual_loss"][0])
+    assert logs["encoder_loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert logs["perceptual_loss"][0] > 0
+
+
+def test_perceptual_weight_needs_an_existing_file(tmp_path):
+    with pytest.raises(ConfigError, match="segment.perceptual_weights"):
+        tiny_config(perceptual_weight=1.0)
+    cfg = tiny_config(perceptual_weight=1.0, perceptual_weights=str(tmp_path / "missing.h5"))
+    from keras_layered.training.build import build_segmentation_trainer
+
+    with pytest.raises(ConfigError, match="no file at"):
+        build_segmentation_trainer(cfg, generator())
+
+
+def test_served_network_must_be_trained():
+    with pytest.raises(ConfigError, match="segment.serve"):
+        tiny_config(distilled=False)  # serve defaults to distilled
+    assert tiny_config(distilled=False, serve="encoder").segment.serve == "encoder"
+    with pytest.raises(ConfigError, match="segment.encoder"):
+        tiny_config(encoder=False, distilled=False)
+
+
+# --- the run's stages ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = tiny_config()
+    results = run_module.train(cfg, run_dir, stage="all", verbose=0)
+    return types.SimpleNamespace(dir=run_dir, cfg=cfg, results=results)
+
+
+def test_stage_all_writes_both_stages_outputs(run):
+    d = run.dir
+    assert load_config(d / "config.yaml").to_dict() == run.cfg.to_dict()
+    for name in ("generator.keras", "discriminator.keras", "segmenter.keras", "segmenter_encoder.keras",
+                 "segmenter_distilled.keras", "evaluation.json"):
+        assert (d / name).is_file(), name
+    assert (d / "checkpoints" / "segmentation" / "ckpt-2.index").is_file()
+    evaluation = json.loads((d / "evaluation.json").read_text())
+    assert evaluation["served"] == "distilled" and evaluation["eval_seed"] == run.cfg.data.eval_seed
+    assert evaluation["results"] == run.results
+    for scores in run.results.values():
+        assert scores["num_images"] == 16
+        assert 0.0 <= scores["mean_iou"] <= 1.0 and 0.0 <= scores["dataset_iou"] <= 1.0
+
+
+def test_served_segmenter_is_the_configured_one(run):
+    images = np.random.default_rng(1).integers(0, 256, (3, RES, RES, 3)).astype("uint8")
+    served = keras.saving.load_model(run.dir / "segmenter.keras").predict(images, verbose=0)
+    distilled = keras.saving.load_model(run.dir / "segmenter_distilled.keras").predict(images, verbose=0)
+    np.testing.assert_array_equal(served, distilled)
+
+
+def test_encoder_segmenter_decodes_with_the_frozen_gan_generator(run):
+    segmenter = keras.saving.load_model(run.dir / "segmenter_encoder.keras")
+    generator_ = keras.saving.load_model(run.dir / "generator.keras")
+    for a, b in zip(weights(segmenter.network.generator), weights(generator_)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_encoder_stage_resumes_from_its_checkpoint(run, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(run.dir, run_dir)
+    restored = {}
+    original_restore = run_module.Checkpoint.restore
+
+    def recording_restore(self, model):
+        restored[self.directory.name] = original_restore(self, model)
+        return restored[self.directory.name]
+
+    monkeypatch.setattr(run_module.Checkpoint, "restore", recording_restore)
+    cfg = tiny_config(steps=4)
+    run_module.train(cfg, run_dir, stage="encoder", verbose=0)
+    assert restored == {"segmentation": 2}  # the GAN stage was not run again
+    assert (run_dir / "checkpoints" / "segmentation" / "ckpt-4.index").is_file()
+    assert load_config(run_dir / "config.yaml").segment.steps == 4
+
+
+def test_encoder_stage_needs_a_trained_generator(tmp_path):
+    with pytest.raises(ConfigError, match="--stage gan"):
+        run_module.train(tiny_config(), tmp_path / "empty", stage="encoder", verbose=0)
+
+
+# --- CLI: evaluate, export, segment -------------------------------------------------------------
+
+
+cli = load_cli()
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def test_cli_evaluate_on_held_out_scenes_matches_the_run(run, tmp_path):
+    out = tmp_path / "scores.json"
+    result = invoke("evaluate", "--model", run.dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    scores = json.loads(out.read_text())
+    # The run's config.yaml gives the same held-out scenes the stage evaluated on.
+    assert scores["mean_iou"] == pytest.approx(run.results["distilled"]["mean_iou"])
+    assert scores["num_images"] == 16
+    assert "mean IoU" in result.output
+
+
+def test_cli_evaluate_rejects_a_bad_model_and_a_bad_data_spec(run, tmp_path):
+    result = invoke("evaluate", "--model", tmp_path)
+    assert result.exit_code != 0 and "no segmenter" in result.output and "Traceback" not in result.output
+    result = invoke("evaluate", "--model", run.dir, "--data", "nonsense")
+    assert result.exit_code != 0 and "--data" in result.output and "Traceback" not in result.output
+
+
+def test_cli_export_writes_savedmodels_and_prints_signatures(run, tmp_path):
+    out = tmp_path / "exported"
+    result = invoke("export", "--run", run.dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    for name in ("segmenter/saved_model.pb", "generator/saved_model.pb", "segmenter.keras", "generator.keras"):
+        assert (out / name).is_file(), name
+    assert "serving_default" in result.output and f"images: float32 (None, {RES}, {RES}, 3)" in result.output
+    images = np.random.default_rng(2).integers(0, 256, (2, RES, RES, 3)).astype("uint8")
+    served = tf.saved_model.load(str(out / "segmenter")).signatures["serving_uint8"](images=tf.constant(images))
+    expected = keras.saving.load_model(run.dir / "segmenter.keras").predict(images, verbose=0)
+    np.testing.assert_allclose(served["mask"].numpy(), expected, atol=1e-5)
+
+
+def test_cli_segment_writes_one_mask_per_image(run, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (13, 21), (200, 10, 10)).save(images / "a.png")
+    Image.new("L", (30, 9), 128).save(images / "b.jpg")
+    (images / "broken.png").write_bytes(b"not an image")
+    result = invoke("segment", "--model", run.dir, images, "--out", tmp_path / "masks")
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 masks" in result.output and "skipped 1" in result.output
+    assert Image.open(tmp_path / "masks" / "a.png").size == (13, 21)
+    assert Image.open(tmp_path / "masks" / "b.png").size == (30, 9)
+
+
+def test_cli_train_help_names_the_stages():
+    result = invoke("train", "--help")
+    assert result.exit_code == 0
+    for text in ("--stage", "gan", "encoder", "segmenter.keras", "evaluation.json"):
+        assert text in result.output, text
