@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import keras_layered  # noqa: F401
 from keras_layered.data.synthetic import make_scenes
+from keras_layered.evaluation import mask_scores
 
 path = next((a for a in sys.argv[1:] if a.endswith(".keras")), "runs/synthetic/segmenter.keras")
 model = keras.saving.load_model(path)
@@ -26,8 +27,7 @@ true_masks = scenes["mask"].numpy()[..., 0]
 
 # %% Predict: uint8 images in, masks in [0, 1] out.
 masks = model.predict(images, verbose=0)[..., 0]  # (B, H, W)
-hit, union = (masks > 0.5) & (true_masks > 0.5), (masks > 0.5) | (true_masks > 0.5)
-iou = hit.sum(axis=(1, 2)) / np.maximum(union.sum(axis=(1, 2)), 1)
+iou = mask_scores(masks, true_masks)["iou"]  # per image, masks thresholded at 0.5
 print(f"mean IoU over {len(images)} scenes: {iou.mean():.3f}")
 
 # %% Image | true mask | predicted mask, one scene per row.

@@ -93,6 +93,14 @@ def test_train_end_to_end(tmp_path):
         "train.sample_every": 2,
         "train.checkpoint_every": 2,
         "train.batch_size": 4,
+        "data.eval_scenes": 8,
+        "segment.steps": 2,
+        "segment.steps_per_epoch": 2,
+        "segment.batch_size": 4,
+        "segment.encoder_base_width": 16,
+        "segment.encoder_min_width": 8,
+        "segment.unet_width": 4,
+        "segment.unet_depth": 2,
     }
     args = ["train", "--out", str(out)]
     for key, value in overrides.items():
@@ -112,3 +120,6 @@ def test_train_end_to_end(tmp_path):
     assert (out / "checkpoints" / "ckpt-2.index").is_file()
     assert (out / "generator.keras").is_file()
     assert (out / "discriminator.keras").is_file()
+    # The segmentation stage ran after the GAN and printed its scores.
+    assert (out / "segmenter.keras").is_file() and (out / "evaluation.json").is_file()
+    assert "mean IoU" in result.output and "distilled" in result.output and "encoder" in result.output

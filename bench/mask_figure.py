@@ -1,0 +1,53 @@
+"""A picture of a run's segmentations: held-out scenes, their true masks, and the masks of each
+segmenter the run trained (the encoder path, the distilled U-Net).
+
+    python bench/mask_figure.py --run runs/default --out docs/default_run_masks.png
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+
+@click.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--scenes", default=8, show_default=True, help="Held-out scenes, one per row.")
+@click.option("--zoom", default=3, show_default=True, help="Pixel enlargement for viewing.")
+def main(run_dir, out_path, scenes, zoom):
+    import keras
+    import tensorflow as tf
+    from PIL import Image
+
+    import keras_layered  # noqa: F401  (registers the model classes)
+    from keras_layered.config import load_config
+    from keras_layered.data.synthetic import make_scenes
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    data = make_scenes(tf.range(scenes), cfg.data.resolution, seed=cfg.data.eval_seed,
+                       difficulty=cfg.data.difficulty)
+    images = np.round((data["image"].numpy() + 1.0) * 127.5).astype("uint8")
+    columns = [images, np.repeat(data["mask"].numpy() * 255, 3, axis=-1).astype("uint8")]
+    names = ["image", "true mask"]
+    for method in ("encoder", "distilled"):
+        path = run_dir / f"segmenter_{method}.keras"
+        if path.is_file():
+            masks = keras.saving.load_model(path).predict(images, verbose=0)
+            columns.append(np.repeat((masks >= 0.5) * 255, 3, axis=-1).astype("uint8"))
+            names.append(method)
+    stacked = [np.concatenate(list(column), axis=0) for column in columns]
+    gap = np.full((stacked[0].shape[0], 1, 3), 128, np.uint8)  # a grey line between columns
+    grid = np.concatenate([part for column in stacked for part in (column, gap)][:-1], axis=1)
+    picture = Image.fromarray(grid)
+    picture.resize((picture.width * zoom, picture.height * zoom), Image.NEAREST).save(out_path)
+    click.echo(f"wrote {out_path}: columns {', '.join(names)}; scenes 0..{scenes - 1} of seed {cfg.data.eval_seed}")
+
+
+if __name__ == "__main__":
+    main()
