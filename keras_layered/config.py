@@ -95,6 +95,8 @@ class SegmentConfig:
     latent_weight: float = 1.0  # ||E(G(z)) - z||^2 on generated images
     mask_weight: float = 1.0  # BCE(mask(G(E(G(z)))), mask(G(z))) on generated images
     reconstruction_weight: float = 1.0  # L1 |G(E(x)) - x| on real images
+    refine_steps: int = 50  # served encoder path: Adam steps on each image's latent (reconstruction)
+    refine_lr: float = 0.02  # their step size
     perceptual_weight: float = 0.0  # L1 between VGG16 features of G(E(x)) and x; needs ...
     perceptual_weights: str = ""  # ... a local VGG16 notop weights file (.h5), e.g. keras' cache
     unet_width: int = 32  # U-Net channels at full resolution, doubled per level down
@@ -164,6 +166,8 @@ def _check_ranges(cfg):
         ("segment.unet_depth", 1 <= cfg.segment.unet_depth and res % 2**cfg.segment.unet_depth == 0,
          ">= 1 with data.resolution divisible by 2**depth"),
         ("segment.perceptual_weight", cfg.segment.perceptual_weight >= 0, ">= 0"),
+        ("segment.refine_steps", cfg.segment.refine_steps >= 0, ">= 0"),
+        ("segment.refine_lr", cfg.segment.refine_lr > 0, "> 0"),
         ("segment.serve", getattr(cfg.segment, cfg.segment.serve, True),
          "a network the stage trains (segment.encoder / segment.distilled is false)"),
         ("segment.encoder", cfg.segment.encoder or cfg.segment.distilled,

@@ -14,12 +14,13 @@ def assert_config_round_trip(cls, args):
     return clone
 
 
-def load_cli():
-    """cli.py lives at the repository root, which is not a package: load it by path."""
+def load_script(relative_path):
+    """A script of the repository (cli.py, bench/*.py), which is not in a package: loaded by path."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("cli", Path(__file__).resolve().parents[1] / "cli.py")
+    path = Path(__file__).resolve().parents[1] / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -5,12 +5,12 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import load_cli
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-cli = load_cli()
+cli = load_script("cli.py")
 
 
 def invoke(*args):

@@ -12,7 +12,7 @@ from keras_layered.layers import composite
 from keras_layered.models import Encoder, GeneratorInversion, LayeredGenerator, Segmenter, UNet
 
 RES, LATENT = 8, 4
-KINDS = ("unet", "inversion")
+KINDS = ("unet", "inversion", "refined")
 GENERATOR_KEYS = ("composite", "background", "foreground", "mask")
 
 
@@ -31,6 +31,11 @@ def segmenters(generator):
         "unet": Segmenter(UNet(RES, width=8, depth=1), RES),
         "inversion": Segmenter(
             GeneratorInversion(Encoder(RES, LATENT, base_width=16, min_width=8, hidden_dim=16), generator), RES
+        ),
+        # Latent refinement differentiates inside the served graph: it must export too.
+        "refined": Segmenter(
+            GeneratorInversion(Encoder(RES, LATENT, base_width=16, min_width=8, hidden_dim=16), generator,
+                               refine_steps=3), RES
         ),
     }
 

@@ -118,6 +118,25 @@ def test_shift_accepts_int64_offsets_and_float_offsets():
     np.testing.assert_array_equal(shift(x, np.array([(1.0, 0.0), (0.0, -1.0)], np.float32)).numpy(), expected)
 
 
+def test_fractional_shift_interpolates_linearly_by_hand():
+    # A row [1, 2, 3] moved right by 0.5: out[i] = 0.5 * x[i - 1] + 0.5 * x[i], with x[-1] = 0.
+    x = tf.constant([[[[1.0], [2.0], [3.0]]]])
+    out = shift(x, tf.constant([(0.0, 0.5)]))
+    np.testing.assert_allclose(out.numpy()[0, 0, :, 0], [0.5, 1.5, 2.5])
+    # Moved up by 0.25 on a column [1, 2, 3]: out[i] = 0.75 * x[i] + 0.25 * x[i + 1], x[3] = 0.
+    column = tf.reshape(x, (1, 3, 1, 1))
+    np.testing.assert_allclose(shift(column, tf.constant([(-0.25, 0.0)])).numpy()[0, :, 0, 0], [1.25, 2.25, 2.25])
+
+
+def test_shift_gradient_with_respect_to_a_fractional_offset_by_hand():
+    # out[i] = (1 - f) x[i] + f x[i - 1] for dx = f in (0, 1): d sum(out) / df = sum(x[i - 1] - x[i]) = -3.
+    x = tf.constant([[[[1.0], [2.0], [3.0]]]])
+    offsets = tf.Variable([[0.0, 0.5]])
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(shift(x, offsets))
+    np.testing.assert_allclose(tape.gradient(total, offsets).numpy(), [[0.0, -3.0]])
+
+
 def test_shift_under_xla():
     x = arange_images(3, 4, 5, channels=3)
     offsets = np.array([(1, 2), (-2, -1), (0, 3)], np.int32)

@@ -374,3 +374,46 @@ def test_segmenter_keras_round_trip_with_only_the_package_import(segmenters, tmp
 def test_inversion_mismatched_resolution_raises_with_the_fix():
     with pytest.raises(ValueError, match="resolution=8"):
         GeneratorInversion(Encoder(16, 4, 16, 8, 16), LayeredGenerator(8, 4, 16, 8))
+
+
+# Latent refinement at inference
+
+
+def test_refine_latents_lowers_the_reconstruction_error_per_image():
+    from keras_layered.layers import composite
+    from keras_layered.models.latent_refinement import refine_latents
+
+    keras.utils.set_random_seed(5)
+    generator = tiny_generator()
+    rng = np.random.default_rng(6)
+    z = rng.standard_normal((6, LATENT)).astype("float32")
+    layers = generator(z)
+    target = numpy(composite(layers["background"], layers["foreground"], layers["mask"]))
+    start = z + rng.normal(scale=0.7, size=z.shape).astype("float32")
+
+    def errors(latents):
+        out = generator(latents)
+        return np.mean(np.abs(numpy(composite(out["background"], out["foreground"], out["mask"])) - target), axis=(1, 2, 3))
+
+    refined = numpy(refine_latents(generator, start, target, steps=30, learning_rate=0.05))
+    assert np.all(errors(refined) < errors(start))
+    np.testing.assert_array_equal(numpy(refine_latents(generator, start, target, 0, 0.05)), start)
+    # Each image's refinement is its own: the first three alone give the same latents.
+    np.testing.assert_allclose(numpy(refine_latents(generator, start[:3], target[:3], 30, 0.05)), refined[:3],
+                               atol=1e-5)
+
+
+def test_inversion_refines_only_at_inference(tmp_path):
+    keras.utils.set_random_seed(7)
+    encoder, generator = tiny_encoder(), tiny_generator()
+    plain = GeneratorInversion(encoder, generator)
+    refined = GeneratorInversion(encoder, generator, refine_steps=5, refine_learning_rate=0.05)
+    x = images(3, seed=8)
+    np.testing.assert_allclose(numpy(refined(x, training=True)["latent"]), numpy(plain(x)["latent"]))
+    assert not np.allclose(numpy(refined(x)["latent"]), numpy(plain(x)["latent"]))
+    segmenter = Segmenter(refined, RES)
+    expected = numpy(segmenter(uint8_images(2)))
+    segmenter.save(tmp_path / "refined.keras")
+    loaded = keras.saving.load_model(tmp_path / "refined.keras")
+    assert loaded.network.refine_steps == 5 and loaded.network.refine_learning_rate == 0.05
+    np.testing.assert_allclose(numpy(loaded(uint8_images(2))), expected, atol=1e-6)

@@ -13,7 +13,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import load_cli
+from helpers import load_script
 
 from keras_layered.config import ConfigError, config_from_dict, load_config
 from keras_layered.models.encoder import Encoder
@@ -230,7 +230,7 @@ def test_encoder_stage_needs_a_trained_generator(tmp_path):
 # --- CLI: evaluate, export, segment -------------------------------------------------------------
 
 
-cli = load_cli()
+cli = load_script("cli.py")
 
 
 def invoke(*args):

@@ -7,30 +7,33 @@ from keras_layered import distribute
 
 
 def shift(x, offsets):
-    """Translates each image of `x` by its own integer offset, filling with zeros.
+    """Translates each image of `x` by its own offset, filling with zeros.
 
     Args:
         x: (B, H, W, C) images.
-        offsets: (B, 2) integer offsets (dy, dx); positive moves content down / right.
+        offsets: (B, 2) offsets (dy, dx) in pixels; positive moves content down / right.
+            Fractional offsets interpolate bilinearly.
 
     Returns:
         (B, H, W, C) shifted images; pixels whose source lies outside the image are 0.
 
-    The shift is two products with 0/1 selection matrices, which is exact (each output pixel is
-    one input pixel times 1), vectorised over the batch, differentiable and XLA-friendly.
+    The shift is two products with interpolation matrices m[i, k] = max(0, 1 - |k - (i - d)|):
+    for integer offsets these are 0/1 selections, so the shift is exact (each output pixel is one
+    input pixel times 1). Vectorised over the batch, XLA-friendly, and differentiable with
+    respect to `x` and to the offsets (which lets an encoder predict a shift).
     """
     height, width = ops.shape(x)[1], ops.shape(x)[2]
-    offsets = ops.cast(offsets, "int32")
-    rows = _selection(offsets[:, 0], height, x.dtype)  # (B, H, H): rows[b, i, k] = [k == i - dy]
-    cols = _selection(offsets[:, 1], width, x.dtype)  # (B, W, W)
+    offsets = ops.cast(offsets, x.dtype)
+    rows = _interpolation(offsets[:, 0], height, x.dtype)  # (B, H, H): rows[b, i, k] = weight of k in i
+    cols = _interpolation(offsets[:, 1], width, x.dtype)  # (B, W, W)
     x = ops.einsum("bik,bkwc->biwc", rows, x)
     return ops.einsum("bjl,bilc->bijc", cols, x)
 
 
-def _selection(offset, size, dtype):
-    target = ops.arange(size, dtype="int32")
-    source = target[None, :, None] - offset[:, None, None]  # (B, size, 1)
-    return ops.cast(ops.equal(source, target[None, None, :]), dtype)
+def _interpolation(offset, size, dtype):
+    target = ops.arange(size, dtype=dtype)
+    source = target[None, :, None] - offset[:, None, None]  # (B, size, 1): where output i reads from
+    return ops.relu(1.0 - ops.abs(source - target[None, None, :]))
 
 
 @keras.saving.register_keras_serializable(package="keras_layered")

@@ -3,6 +3,7 @@
 import keras
 
 from keras_layered.layers import composite
+from keras_layered.models.latent_refinement import refine_latents
 
 
 @keras.saving.register_keras_serializable(package="keras_layered")
@@ -13,12 +14,15 @@ class GeneratorInversion(keras.Model):
         encoder: images (B, H, W, 3) in [-1, 1] -> latents (B, latent_dim).
         generator: latents -> {"background", "foreground", "mask"}; it is not trained through
             this model (the encoder trainer freezes it; this model only reads it).
+        refine_steps: at inference (`training=False`), this many Adam steps refine each image's
+            latent to reconstruct it better (`refine_latents`); 0 = the encoder's latent as is.
+        refine_learning_rate: the step size of that refinement.
 
     Call: images -> {"latent", "background", "foreground", "mask", "composite"}; "composite" is the
     reconstruction of the input and "mask" its segmentation.
     """
 
-    def __init__(self, encoder, generator, **kwargs):
+    def __init__(self, encoder, generator, refine_steps=0, refine_learning_rate=0.02, **kwargs):
         super().__init__(**kwargs)
         if encoder.latent_dim != generator.latent_dim:
             raise ValueError(
@@ -34,6 +38,8 @@ class GeneratorInversion(keras.Model):
         self.encoder = encoder
         self.generator = generator
         self.resolution = generator.resolution
+        self.refine_steps = refine_steps
+        self.refine_learning_rate = refine_learning_rate
 
     def build(self, input_shape):
         # Sub-models may arrive built (a trained generator); build only what is not.
@@ -44,6 +50,8 @@ class GeneratorInversion(keras.Model):
 
     def call(self, images, training=False):
         latent = self.encoder(images, training=training)
+        if self.refine_steps and not training:
+            latent = refine_latents(self.generator, latent, images, self.refine_steps, self.refine_learning_rate)
         layers = self.generator(latent, training=False)  # BatchNorm statistics stay frozen
         return {
             "latent": latent,
@@ -56,6 +64,8 @@ class GeneratorInversion(keras.Model):
         config.update(
             encoder=keras.saving.serialize_keras_object(self.encoder),
             generator=keras.saving.serialize_keras_object(self.generator),
+            refine_steps=self.refine_steps,
+            refine_learning_rate=self.refine_learning_rate,
         )
         return config
 

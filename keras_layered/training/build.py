@@ -140,7 +140,7 @@ def build_segmentation_trainer(cfg, generator):
     return trainer
 
 
-def build_segmenters(trainer):
+def build_segmenters(cfg, trainer):
     """{"encoder": Segmenter, "distilled": Segmenter} of the trainer's networks (those it has)."""
     from keras_layered.models.generator_inversion import GeneratorInversion
     from keras_layered.models.segmenter import Segmenter
@@ -148,7 +148,9 @@ def build_segmenters(trainer):
     res = trainer.generator.resolution
     segmenters = {}
     if trainer.encoder is not None:
-        segmenters["encoder"] = Segmenter(GeneratorInversion(trainer.encoder, trainer.generator), res)
+        inversion = GeneratorInversion(trainer.encoder, trainer.generator, refine_steps=cfg.segment.refine_steps,
+                                       refine_learning_rate=cfg.segment.refine_lr)
+        segmenters["encoder"] = Segmenter(inversion, res)
     if trainer.unet is not None:
         segmenters["distilled"] = Segmenter(trainer.unet, res)
     for segmenter in segmenters.values():

@@ -122,7 +122,7 @@ def train_segmentation(cfg, run_dir, verbose="auto"):
                        checkpoint],
             verbose=verbose,
         )
-    segmenters = build_segmenters(trainer)
+    segmenters = build_segmenters(cfg, trainer)
     for method, segmenter in segmenters.items():
         segmenter.save(run_dir / f"segmenter_{method}.keras")
     segmenters[s.serve].save(run_dir / "segmenter.keras")

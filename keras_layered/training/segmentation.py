@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_layered import distribute, losses
 from keras_layered.layers import RandomShift, composite
+from keras_layered.models.generator_inversion import GeneratorInversion
 
 
 class SegmentationTrainer(keras.Model):
@@ -16,7 +17,7 @@ class SegmentationTrainer(keras.Model):
     - encoder E (the paper's path): latent regression ||E(G(z)) - z||^2 and mask consistency
       BCE(mask(G(E(G(z)))), mask(G(z))) on generated images, whose latent and exact mask are
       known, plus L1 reconstruction |composite(G(E(x))) - x| of the real batch;
-    - distilled U-Net (beyond the paper): BCE on randomly shifted generated composites against
+    - distilled U-Net (beyond the paper): BCE on the randomly shifted generated composites against
       their shifted masks (thresholded at 0.5), the images the discriminator judged realistic.
 
     The generator is frozen explicitly (`trainable = False`) and never in an optimizer.
@@ -41,6 +42,7 @@ class SegmentationTrainer(keras.Model):
         self.generator = generator
         self.generator.trainable = False
         self.encoder = encoder
+        self.inversion = GeneratorInversion(encoder, generator) if encoder is not None else None
         self.unet = unet
         self.latent_dim = generator.latent_dim
         self.latent_weight = latent_weight
@@ -49,7 +51,7 @@ class SegmentationTrainer(keras.Model):
         self.feature_extractor = feature_extractor
         self.perceptual_weight = perceptual_weight if feature_extractor is not None else 0.0
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.shift = RandomShift(max_shift, seed=None if seed is None else seed + 1, name="random_shift")
+        self.random_shift = RandomShift(max_shift, seed=None if seed is None else seed + 1, name="random_shift")
         shape = (None, generator.resolution, generator.resolution, 3)
         for network in (encoder, unet):
             if network is not None and not network.built:
@@ -83,7 +85,7 @@ class SegmentationTrainer(keras.Model):
         """Masks of the U-Net if there is one, else of the encoder path; images in [-1, 1]."""
         if self.unet is not None:
             return self.unet(images, training=training)
-        return self.generator(self.encoder(images, training=training), training=False)["mask"]
+        return self.inversion(images, training=training)["mask"]
 
     def train_step(self, data):
         real = data["image"] if isinstance(data, dict) else keras.utils.unpack_x_y_sample_weight(data)[0]
@@ -94,7 +96,9 @@ class SegmentationTrainer(keras.Model):
         if self.encoder is not None:
             terms.update(self._encoder_step(real, z, layers))
         if self.unet is not None:
-            terms.update(self._unet_step(layers))
+            # The perturbation of the GAN stage: the composites the discriminator judged realistic.
+            foreground, mask = self.random_shift([layers["foreground"], layers["mask"]], training=True)
+            terms.update(self._unet_step(composite(layers["background"], foreground, mask), mask))
         for name, value in terms.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
@@ -107,17 +111,12 @@ class SegmentationTrainer(keras.Model):
         n = tf.shape(generated)[0]
         variables = self.encoder.trainable_variables
         with tf.GradientTape() as tape:
-            latents = self.encoder(ops.concatenate([generated, real], axis=0), training=True)
-            decoded = self.generator(latents, training=False)  # one pass for both halves
-            reconstruction = composite(decoded["background"], decoded["foreground"], decoded["mask"])
-            latent_loss = losses.latent_regression_loss(latents[:n], z)
+            decoded = self.inversion(ops.concatenate([generated, real], axis=0), training=True)  # both halves at once
+            latent_loss = losses.latent_regression_loss(decoded["latent"][:n], z)
             mask_loss = losses.mask_cross_entropy(decoded["mask"][:n], layers["mask"])
+            reconstruction = decoded["composite"]
             reconstruction_loss = losses.reconstruction_loss(reconstruction[n:], real)
-            terms = {
-                "latent_loss": latent_loss,
-                "mask_loss": mask_loss,
-                "reconstruction_loss": reconstruction_loss,
-            }
+            terms = {"latent_loss": latent_loss, "mask_loss": mask_loss, "reconstruction_loss": reconstruction_loss}
             loss = (
                 self.latent_weight * latent_loss
                 + self.mask_weight * mask_loss
@@ -132,9 +131,7 @@ class SegmentationTrainer(keras.Model):
         self.encoder_optimizer.apply_gradients(zip(grads, variables))
         return {**terms, "encoder_loss": loss}
 
-    def _unet_step(self, layers):
-        foreground, mask = self.shift([layers["foreground"], layers["mask"]], training=True)
-        images = composite(layers["background"], foreground, mask)
+    def _unet_step(self, images, mask):
         target = ops.cast(mask > 0.5, "float32")
         variables = self.unet.trainable_variables
         with tf.GradientTape() as tape:
