@@ -89,6 +89,23 @@ def _sixteen_bit_to_rgb(image):
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
+PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what a bad file raises
+
+
+def open_image(path):
+    """A decoded PIL image with its EXIF orientation applied; UnreadableImageError (naming the
+    file) if Pillow cannot decode it, FileNotFoundError if it is not there."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            image.load()
+            return image
+    except FileNotFoundError:
+        raise
+    except PIL_ERRORS as err:
+        raise UnreadableImageError(path, err) from err
+
+
 def load_image(path):
     """An image file -> uint8 RGB array (H, W, 3), as an image viewer shows it.
 
@@ -98,14 +115,7 @@ def load_image(path):
     colours hidden under alpha 0 are often arbitrary. Animated images give their first frame.
     Raises UnreadableImageError (a ValueError naming the file) if Pillow cannot decode it.
     """
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.load()
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UnreadableImageError(path, err) from err
+    image = open_image(path)
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
         return _sixteen_bit_to_rgb(image)
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:

@@ -22,16 +22,22 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageOps
+from PIL import Image
 
-from keras_layered.segment import IMAGE_EXTENSIONS, UnreadableImageError, find_images, load_image
+from keras_layered.segment import (
+    IMAGE_EXTENSIONS,
+    PIL_ERRORS,
+    UnreadableImageError,
+    find_images,
+    load_image,
+    open_image,
+)
 
 __all__ = ["FolderScan", "find_image_mask_pairs", "folder_dataset", "load_mask", "scan_folder"]
 
 log = logging.getLogger("keras_layered")
 
 _MASK_FOLDERS = ("segmentations", "masks")
-_PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclasses.dataclass
@@ -112,7 +118,7 @@ def _readable(path):
     try:
         with Image.open(path) as image:
             image.verify()
-    except _PIL_ERRORS as err:
+    except PIL_ERRORS as err:
         return str(err) or type(err).__name__
     return None
 
@@ -159,14 +165,7 @@ def load_mask(path) -> np.ndarray:
     colours are label maps: every index but 0 is foreground. EXIF orientation is applied.
     Raises UnreadableImageError if Pillow cannot decode the file.
     """
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.load()
-    except FileNotFoundError:
-        raise
-    except _PIL_ERRORS as err:
-        raise UnreadableImageError(path, err) from err
+    image = open_image(path)
     if image.mode == "1":
         return np.asarray(image, dtype=bool)
     if image.mode == "P" and not _grey_palette(image):
