@@ -40,8 +40,8 @@ generator.keras (EMA generator), discriminator.keras, segmenter.keras (served by
 export), segmenter_encoder.keras, segmenter_distilled.keras and evaluation.json (held-out scenes).
 Running again on the same --out resumes each stage where it stopped."""
 )
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=str(DEFAULT_CONFIG),
-              show_default=True, help="YAML config file.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help=f"YAML config file [default: OUT/config.yaml when resuming, else {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])}].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.steps=500 (repeatable).")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False), default="runs/synthetic", show_default=True,
@@ -51,6 +51,9 @@ Running again on the same --out resumes each stage where it stopped."""
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 def train(config_path, overrides, run_dir, stage, dry_run):
     """Train the layered GAN and the segmentation networks on the configured data."""
+    if config_path is None:  # a run continues with its own config
+        saved = Path(run_dir) / "config.yaml"
+        config_path = saved if saved.is_file() else DEFAULT_CONFIG
     try:
         cfg = load_config(config_path, overrides)
     except ConfigError as err:
@@ -165,7 +168,7 @@ def _evaluation_data(spec, model_path, resolution, batch_size):
         run_config = model_path.parent / "config.yaml"
         cfg = load_config(run_config if run_config.is_file() else None)
         if cfg.data.resolution != resolution:
-            cfg = load_config(None, [f"data.resolution={resolution}"])
+            cfg = load_config(run_config if run_config.is_file() else None, [f"data.resolution={resolution}"])
         return build_eval_dataset(cfg, batch_size), "synthetic"
     if parsed.kind == "folder":
         from keras_layered.data.folder import folder_dataset

@@ -265,12 +265,14 @@ def test_to_model_range_float_unit_interval(dtype):
 
 def test_to_model_range_reads_each_float_image_by_its_own_peak():
     unit = np.array([0.0, 0.5, 1.0, 0.25], np.float32).reshape(2, 2, 1)
-    batch = np.stack([unit, unit * 255.0, unit * 0.5, unit * 2.0])  # [0,1], [0,255], dark [0,1], max 2
-    out = numpy(to_model_range(batch)).reshape(4, 4)
+    # [0, 1]; [0, 255]; dark [0, 1]; a [0, 1] image a resize overshot to 1.05; max 2.5 -> [0, 255]
+    batch = np.stack([unit, unit * 255.0, unit * 0.5, unit * 1.05, unit * 2.5])
+    out = numpy(to_model_range(batch)).reshape(5, 4)
     np.testing.assert_allclose(out[0], [-1.0, 0.0, 1.0, -0.5], atol=1e-6)
     np.testing.assert_allclose(out[1], [-1.0, 0.0, 1.0, -0.5], atol=1e-6)
     np.testing.assert_allclose(out[2], [-1.0, -0.5, 0.0, -0.75], atol=1e-6)
-    np.testing.assert_allclose(out[3], np.array([0.0, 1.0, 2.0, 0.5]) * 2 / 255 - 1, atol=1e-6)
+    np.testing.assert_allclose(out[3], np.array([0.0, 0.5, 1.0, 0.25]) * 1.05 * 2 - 1, atol=1e-6)
+    np.testing.assert_allclose(out[4], np.array([0.0, 0.5, 1.0, 0.25]) * 2.5 * 2 / 255 - 1, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["unet", "inversion"])

@@ -9,6 +9,7 @@ import types
 import keras
 import numpy as np
 import pytest
+import yaml
 import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
@@ -212,12 +213,20 @@ def test_encoder_stage_resumes_from_its_checkpoint(run, tmp_path, monkeypatch):
 
     def recording_restore(self, model):
         restored[self.directory.name] = original_restore(self, model)
+        restored["unet"], restored["encoder"] = weights(model.unet), weights(model.encoder)
         return restored[self.directory.name]
 
     monkeypatch.setattr(run_module.Checkpoint, "restore", recording_restore)
     cfg = tiny_config(steps=4)
     run_module.train(cfg, run_dir, stage="encoder", verbose=0)
-    assert restored == {"segmentation": 2}  # the GAN stage was not run again
+    assert restored["segmentation"] == 2 and "checkpoints" not in restored  # the GAN stage was not run again
+    # The networks come back as the first run left them.
+    first = keras.saving.load_model(run.dir / "segmenter_distilled.keras").network
+    for now, then in zip(restored["unet"], weights(first)):
+        np.testing.assert_array_equal(now, then)
+    first = keras.saving.load_model(run.dir / "segmenter_encoder.keras").network.encoder
+    for now, then in zip(restored["encoder"], weights(first)):
+        np.testing.assert_array_equal(now, then)
     assert (run_dir / "checkpoints" / "segmentation" / "ckpt-4.index").is_file()
     assert load_config(run_dir / "config.yaml").segment.steps == 4
 
@@ -286,3 +295,30 @@ def test_cli_train_help_names_the_stages():
     assert result.exit_code == 0
     for text in ("--stage", "gan", "encoder", "segmenter.keras", "evaluation.json"):
         assert text in result.output, text
+
+
+def test_a_bad_command_does_not_rewrite_the_runs_config(run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(run.dir, run_dir)
+    before = (run_dir / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="data.resolution=8"):
+        run_module.train(config_from_dict({**TINY, "data": {"resolution": 16}}), run_dir, stage="encoder", verbose=0)
+    with pytest.raises(ConfigError, match="segment.steps_per_epoch"):
+        run_module.train(tiny_config(steps=3), run_dir, stage="all", verbose=0)
+    assert (run_dir / "config.yaml").read_text() == before
+
+
+def test_cli_train_continues_a_run_with_its_own_config(run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(run.dir, run_dir)
+    result = invoke("train", "--out", run_dir, "--dry-run", "--set", "segment.steps=4")
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.output)
+    assert printed["data"]["resolution"] == RES and printed["segment"]["steps"] == 4  # not synthetic.yaml's 32
+
+
+def test_evaluation_scores_every_held_out_scene(tmp_path):
+    from keras_layered.training.build import build_eval_dataset
+
+    cfg = config_from_dict({**TINY, "data": {"resolution": RES, "eval_scenes": 10}})
+    assert [len(b["image"]) for b in build_eval_dataset(cfg, batch_size=4)] == [4, 4, 2]

@@ -53,8 +53,8 @@ def synthetic_scenes(resolution: int = 32, batch_size: int = 64, *, seed: int = 
     """Batches of synthetic scenes, infinite unless `num_scenes` is given.
 
     Yields images (B, H, W, 3) in [-1, 1], or dicts {"image", "mask"} when
-    `with_masks` is True. Scenes are indexed 0, 1, 2, ... and a trailing
-    partial batch is dropped.
+    `with_masks` is True. Scenes are indexed 0, 1, 2, ...; with `num_scenes`,
+    every scene is yielded (the last batch may be smaller).
     """
     _check_scene_args(resolution, difficulty)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -70,7 +70,8 @@ def synthetic_scenes(resolution: int = 32, batch_size: int = 64, *, seed: int = 
         return scenes if with_masks else scenes["image"]
 
     indices = tf.data.Dataset.counter() if num_scenes is None else tf.data.Dataset.range(num_scenes)
-    return (indices.batch(batch_size, drop_remainder=True)
+    # An infinite stream has static batch shapes; a finite set keeps its last partial batch.
+    return (indices.batch(batch_size, drop_remainder=num_scenes is None)
             .map(render, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 

@@ -20,7 +20,7 @@ def shift(x, offsets):
     The shift is two products with interpolation matrices m[i, k] = max(0, 1 - |k - (i - d)|):
     for integer offsets these are 0/1 selections, so the shift is exact (each output pixel is one
     input pixel times 1). Vectorised over the batch, XLA-friendly, and differentiable with
-    respect to `x` and to the offsets (which lets an encoder predict a shift).
+    respect to `x` and to (fractional) offsets.
     """
     height, width = ops.shape(x)[1], ops.shape(x)[2]
     offsets = ops.cast(offsets, x.dtype)

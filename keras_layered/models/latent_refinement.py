@@ -12,7 +12,9 @@ def refine_latents(generator, latents, images, steps, learning_rate):
 
     An encoder is one forward pass; it lands near the latent that reconstructs an image, and a
     few steps of direct optimisation close the gap, which moves the mask onto the object. Each
-    image's loss is its own mean, so the result does not depend on the batch it arrived in.
+    image's loss is its own mean, so the result does not depend on the batch it arrived in (for
+    generators without per-call randomness: the style generator draws fresh noise on every call,
+    so its refined latents, and masks, vary from call to call).
 
     Args:
         generator: latents (B, latent_dim) -> {"background", "foreground", "mask"}.

@@ -7,8 +7,10 @@ from keras import ops
 def to_model_range(images):
     """uint8 images in [0, 255], or float images in [0, 1], -> float32 in [-1, 1].
 
-    A float image whose maximum exceeds 1 is read as [0, 255] (a uint8 image converted to float,
-    as TF Serving's JSON API and `np.asarray(..., float)` do); per image, so batches may mix.
+    A float image whose maximum exceeds 2 is read as [0, 255] (a uint8 image converted to float,
+    as TF Serving's JSON API and `np.asarray(..., float)` do); per image, so batches may mix. The
+    margin above 1 keeps [0, 1] images that a resize overshot slightly in [0, 1]; a [0, 255]
+    image whose maximum is 2 or less is black anyway.
     """
     return _rescale(ops.cast(images, "float32"), keras.backend.standardize_dtype(images.dtype) == "uint8")
 
@@ -17,7 +19,7 @@ def _rescale(images, from_uint8):
     if from_uint8:
         return images / 127.5 - 1.0
     peak = ops.max(images, axis=(1, 2, 3), keepdims=True)
-    scale = ops.where(peak > 1.0, 1.0 / 255.0, 1.0)
+    scale = ops.where(peak > 2.0, 1.0 / 255.0, 1.0)
     return images * (2.0 * scale) - 1.0
 
 

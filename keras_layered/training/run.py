@@ -42,6 +42,12 @@ def train(cfg, run_dir, stage="all", verbose="auto"):
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     run_dir = Path(run_dir)
+    # Every check that can fail before anything is written: a bad command must not rewrite the
+    # config of a run it cannot continue.
+    epoch_plan(cfg.train.steps, cfg.train.steps_per_epoch)
+    epoch_plan(cfg.segment.steps, cfg.segment.steps_per_epoch, "segment")
+    if stage == "encoder":
+        _check_generator(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     if stage in ("gan", "all"):
@@ -96,14 +102,10 @@ def train_segmentation(cfg, run_dir, verbose="auto"):
     """
     run_dir = Path(run_dir)
     s = cfg.segment
-    generator_path = run_dir / "generator.keras"
-    if not generator_path.exists():
-        raise ConfigError(
-            f"{run_dir} holds no generator.keras: train the GAN stage first "
-            f"(python cli.py train --stage gan --out {run_dir})"
-        )
+    generator = _check_generator(cfg, run_dir)
     epochs, steps_per_epoch = epoch_plan(s.steps, s.steps_per_epoch, "segment")
-    trainer = build_segmentation_trainer(cfg, keras.saving.load_model(generator_path))
+    trainer = build_segmentation_trainer(cfg, generator)
+    trained_against = [w.copy() for w in generator.get_weights()]
     checkpoint = Checkpoint(
         run_dir / "checkpoints" / "segmentation",
         s.checkpoint_every,
@@ -112,6 +114,11 @@ def train_segmentation(cfg, run_dir, verbose="auto"):
     done = checkpoint.restore(trainer)
     if done:
         log.info("resuming the segmentation stage of %s from step %d", run_dir, done)
+        # The checkpoint holds the generator the stage trained against; generator.keras rules.
+        if any((a != b).any() for a, b in zip(generator.get_weights(), trained_against)):
+            log.warning("generator.keras changed after the segmentation stage trained against it; delete "
+                        "%s to retrain the stage on the new generator", run_dir / "checkpoints" / "segmentation")
+        generator.set_weights(trained_against)
     if done < s.steps:
         trainer.fit(
             build_dataset(cfg, s.batch_size),
@@ -133,6 +140,24 @@ def train_segmentation(cfg, run_dir, verbose="auto"):
         log.info("%s: mean IoU %.3f, Dice %.3f on %d held-out scenes", method, scores["mean_iou"],
                  scores["mean_dice"], scores["num_images"])
     return results
+
+
+def _check_generator(cfg, run_dir):
+    """The run's trained generator, checked against `cfg`; ConfigError naming what to do otherwise."""
+    path = Path(run_dir) / "generator.keras"
+    if not path.exists():
+        raise ConfigError(
+            f"{run_dir} holds no generator.keras: train the GAN stage first "
+            f"(python cli.py train --stage gan --out {run_dir})"
+        )
+    generator = keras.saving.load_model(path)
+    for key, value in (("data.resolution", generator.resolution), ("model.latent_dim", generator.latent_dim)):
+        if value != (cfg.data.resolution if key == "data.resolution" else cfg.model.latent_dim):
+            raise ConfigError(
+                f"{path} was trained with {key}={value}, the config says otherwise; use the run's own "
+                f"config (python cli.py train --out {run_dir} reads {run_dir}/config.yaml) or --set {key}={value}"
+            )
+    return generator
 
 
 def _networks(trainer):
