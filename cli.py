@@ -166,9 +166,8 @@ def _evaluation_data(spec, model_path, resolution, batch_size):
         from keras_layered.training.build import build_eval_dataset
 
         run_config = model_path.parent / "config.yaml"
-        cfg = load_config(run_config if run_config.is_file() else None)
-        if cfg.data.resolution != resolution:
-            cfg = load_config(run_config if run_config.is_file() else None, [f"data.resolution={resolution}"])
+        # The run's held-out scenes, at the resolution the model reads.
+        cfg = load_config(run_config if run_config.is_file() else None, [f"data.resolution={resolution}"])
         return build_eval_dataset(cfg, batch_size), "synthetic"
     if parsed.kind == "folder":
         from keras_layered.data.folder import folder_dataset

@@ -22,6 +22,16 @@ def _replica_seed(seed_generator):
     return tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
 
 
+def replica_scale():
+    """1 / replicas in sync: optimizers sum gradients over replicas, so each replica's mean loss
+    is scaled by this to give the global mean (1 outside tf.distribute and on other backends)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1.0
+    import tensorflow as tf
+
+    return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+
+
 def uniform(shape, seed_generator, minval=0.0, maxval=1.0):
     seed = _replica_seed(seed_generator)
     if seed is None:

@@ -139,10 +139,6 @@ class LayeredGAN(keras.Model):
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
-    def _replica_scale(self):
-        # Optimizers sum gradients over replicas; each replica's mean is scaled to a global mean.
-        return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
-
     def _d_step(self, real):
         batch_size = tf.shape(real)[0]
         fake = self.perturb_and_composite(self.generator(self.sample_latents(batch_size), training=True))
@@ -154,7 +150,7 @@ class LayeredGAN(keras.Model):
             adversarial = self._d_adversarial(real_logits, fake_logits)
             penalty = tf.cond(penalty_due, lambda: self._lazy_penalty(real, fake), lambda: tf.constant(0.0))
             loss = adversarial + penalty
-            scaled_loss = loss * self._replica_scale()
+            scaled_loss = loss * distribute.replica_scale()
         grads = tape.gradient(scaled_loss, variables)
         self.d_optimizer.apply_gradients(zip(grads, variables))
         return {
@@ -195,7 +191,7 @@ class LayeredGAN(keras.Model):
                 + self.binarization_weight * binary
                 + self.max_coverage_weight * max_cov
             )
-            scaled_loss = loss * self._replica_scale()
+            scaled_loss = loss * distribute.replica_scale()
         grads = tape.gradient(scaled_loss, variables)
         self.g_optimizer.apply_gradients(zip(grads, variables))
         return {

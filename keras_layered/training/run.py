@@ -46,14 +46,13 @@ def train(cfg, run_dir, stage="all", verbose="auto"):
     # config of a run it cannot continue.
     epoch_plan(cfg.train.steps, cfg.train.steps_per_epoch)
     epoch_plan(cfg.segment.steps, cfg.segment.steps_per_epoch, "segment")
-    if stage == "encoder":
-        _check_generator(cfg, run_dir)
+    generator = _check_generator(cfg, run_dir) if stage == "encoder" else None
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     if stage in ("gan", "all"):
         train_gan(cfg, run_dir, verbose)
     if stage in ("encoder", "all"):
-        return train_segmentation(cfg, run_dir, verbose)
+        return train_segmentation(cfg, run_dir, verbose, generator)
     return None
 
 
@@ -93,8 +92,9 @@ def train_gan(cfg, run_dir, verbose="auto"):
     return gan
 
 
-def train_segmentation(cfg, run_dir, verbose="auto"):
-    """Trains (or resumes) the segmentation stage against `run_dir/generator.keras`, frozen.
+def train_segmentation(cfg, run_dir, verbose="auto", generator=None):
+    """Trains (or resumes) the segmentation stage against `run_dir/generator.keras` (`generator`,
+    if the caller loaded it already), frozen.
 
     Writes `checkpoints/segmentation/`, `tensorboard/segmentation/`, `segmenter_<method>.keras` per
     trained method, `segmenter.keras` (the `segment.serve` one) and `evaluation.json` (scores on
@@ -102,7 +102,7 @@ def train_segmentation(cfg, run_dir, verbose="auto"):
     """
     run_dir = Path(run_dir)
     s = cfg.segment
-    generator = _check_generator(cfg, run_dir)
+    generator = generator or _check_generator(cfg, run_dir)
     epochs, steps_per_epoch = epoch_plan(s.steps, s.steps_per_epoch, "segment")
     trainer = build_segmentation_trainer(cfg, generator)
     trained_against = [w.copy() for w in generator.get_weights()]
@@ -151,8 +151,9 @@ def _check_generator(cfg, run_dir):
             f"(python cli.py train --stage gan --out {run_dir})"
         )
     generator = keras.saving.load_model(path)
-    for key, value in (("data.resolution", generator.resolution), ("model.latent_dim", generator.latent_dim)):
-        if value != (cfg.data.resolution if key == "data.resolution" else cfg.model.latent_dim):
+    for key, value, configured in (("data.resolution", generator.resolution, cfg.data.resolution),
+                                   ("model.latent_dim", generator.latent_dim, cfg.model.latent_dim)):
+        if value != configured:
             raise ConfigError(
                 f"{path} was trained with {key}={value}, the config says otherwise; use the run's own "
                 f"config (python cli.py train --out {run_dir} reads {run_dir}/config.yaml) or --set {key}={value}"

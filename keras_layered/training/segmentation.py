@@ -103,9 +103,6 @@ class SegmentationTrainer(keras.Model):
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
-    def _replica_scale(self):
-        return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
-
     def _encoder_step(self, real, z, layers):
         generated = composite(layers["background"], layers["foreground"], layers["mask"])
         n = tf.shape(generated)[0]
@@ -126,7 +123,7 @@ class SegmentationTrainer(keras.Model):
                 features = self.feature_extractor(ops.concatenate([reconstruction[n:], real], axis=0))
                 terms["perceptual_loss"] = losses.reconstruction_loss(features[:n], features[n:])
                 loss += self.perceptual_weight * terms["perceptual_loss"]
-            scaled_loss = loss * self._replica_scale()
+            scaled_loss = loss * distribute.replica_scale()
         grads = tape.gradient(scaled_loss, variables)
         self.encoder_optimizer.apply_gradients(zip(grads, variables))
         return {**terms, "encoder_loss": loss}
@@ -136,7 +133,7 @@ class SegmentationTrainer(keras.Model):
         variables = self.unet.trainable_variables
         with tf.GradientTape() as tape:
             loss = losses.mask_cross_entropy(self.unet(images, training=True), target)
-            scaled_loss = loss * self._replica_scale()
+            scaled_loss = loss * distribute.replica_scale()
         grads = tape.gradient(scaled_loss, variables)
         self.unet_optimizer.apply_gradients(zip(grads, variables))
         return {"unet_loss": loss}
