@@ -1,5 +1,6 @@
 """keras-layered command line: `python cli.py train`, `python cli.py --help`."""
 
+import json
 import logging
 import os
 import sys
@@ -23,7 +24,9 @@ Examples:
   python cli.py train --config my.yaml --set perturb.max_shift=0 --dry-run
   python cli.py evaluate --model runs/synthetic         # mean IoU on held-out scenes
   python cli.py segment --model runs/synthetic photos/ --out masks/
-  python cli.py export --run runs/synthetic --out exported/"""
+  python cli.py export --run runs/synthetic --out exported/
+  python cli.py train --config configs/cub_64.yaml --data folder:data/CUB_200_2011
+  python cli.py fid --run runs/CUB_200_2011             # FID of the generator vs its data"""
 )
 def main():
     """Unsupervised object segmentation with perturbed layered GANs (Bielski & Favaro, 2019)."""
@@ -37,39 +40,71 @@ Two stages: the layered GAN, then the segmentation networks trained against its 
 generator. Writes into --out: config.yaml (the resolved config), checkpoints/, tensorboard/,
 samples/step_NNNNNN.png (rows: composite | background | foreground | mask | shifted composite),
 generator.keras (EMA generator), discriminator.keras, segmenter.keras (served by segment and
-export), segmenter_encoder.keras, segmenter_distilled.keras and evaluation.json (held-out scenes).
+export), segmenter_encoder.keras, segmenter_distilled.keras and evaluation.json (scores on
+the data's ground-truth masks: held-out scenes, a dataset's test split, a folder's masks).
 Running again on the same --out resumes each stage where it stopped."""
 )
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help=f"YAML config file [default: OUT/config.yaml when resuming, else {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])}].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.steps=500 (repeatable).")
-@click.option("--out", "run_dir", type=click.Path(file_okay=False), default="runs/synthetic", show_default=True,
-              help="Run directory (created, or resumed if it holds a checkpoint).")
+@click.option("--data", "data_spec", metavar="SPEC",
+              help="Training data, overriding data.source: synthetic, folder:PATH or tfds:NAME[/CONFIG].")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False),
+              help="Run directory (created, or resumed if it holds a checkpoint) [default: runs/<data name>, "
+                   "e.g. runs/synthetic, runs/CUB_200_2011].")
 @click.option("--stage", type=click.Choice(["gan", "encoder", "all"]), default="all", show_default=True,
               help="gan: the layered GAN; encoder: the segmentation stage on a trained GAN; all: both.")
+@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multi_worker"]),
+              help="Devices, overriding distribute.strategy [default: auto = every GPU when more than one is "
+                   "visible, else one device]; multi_worker reads the cluster from TF_CONFIG (README).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
-def train(config_path, overrides, run_dir, stage, dry_run):
+def train(config_path, overrides, data_spec, run_dir, stage, strategy, dry_run):
     """Train the layered GAN and the segmentation networks on the configured data."""
-    if config_path is None:  # a run continues with its own config
-        saved = Path(run_dir) / "config.yaml"
-        config_path = saved if saved.is_file() else DEFAULT_CONFIG
+    if strategy is not None:
+        overrides = (*overrides, f"distribute.strategy={strategy}")
+    if data_spec is not None:  # JSON-quoted: a valid YAML string whatever the path holds
+        overrides = (*overrides, f"data.source={json.dumps(data_spec)}")
     try:
+        if run_dir is None:  # named after the data, so runs on different data never resume each other
+            run_dir = _default_run_dir(config_path, overrides)
+        if config_path is None:  # a run continues with its own config
+            saved = Path(run_dir) / "config.yaml"
+            config_path = saved if saved.is_file() else DEFAULT_CONFIG
         cfg = load_config(config_path, overrides)
     except ConfigError as err:
         raise click.UsageError(str(err)) from err
     if dry_run:
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
+    if cfg.data.source != "synthetic" and Path(config_path) == DEFAULT_CONFIG:
+        click.echo(f"note: {DEFAULT_CONFIG.name} is tuned for the built-in scenes (32 px, their mask coverage); "
+                   f"for photos start from configs/cub_64.yaml (--config)", err=True)
+    from keras_layered.data.sources import check_available
     from keras_layered.training import run  # imports TensorFlow: after the cheap checks
+    from keras_layered.training.callbacks import NonFiniteLossError, TrainingInterrupted
 
     try:
+        check_available(cfg.data)  # before the run directory is written
         results = run.train(cfg, run_dir, stage=stage)
     except ConfigError as err:
         raise click.UsageError(str(err)) from err
+    except NonFiniteLossError as err:
+        raise click.ClickException(str(err)) from err
+    except TrainingInterrupted as err:
+        click.echo(f"\n{err}", err=True)
+        raise click.exceptions.Exit(128 + err.signum) from err  # the shell's code for a signal
     if results:
         click.echo(_score_table(results))
     click.echo(f"done: {run_dir}")
+
+
+def _default_run_dir(config_path, overrides):
+    """runs/<short name of the data source> of the config that `train` will load."""
+    from keras_layered.data.spec import parse_data_spec
+
+    cfg = load_config(config_path or DEFAULT_CONFIG, overrides)
+    return str(Path("runs") / parse_data_spec(cfg.data.source).short_name)
 
 
 def _score_table(results):
@@ -131,50 +166,48 @@ def segment(model, inputs, out_dir, batch_size, threshold, soft, cutout):
 Protocol: masks thresholded at 0.5; IoU (Jaccard), Dice and pixel accuracy per image, averaged
 over the images (mean IoU); dataset IoU pools all pixels. --data synthetic: held-out built-in
 scenes (data.eval_seed, data.eval_scenes and data.difficulty of the run's config.yaml when
---model is in a run directory). --data folder:PATH: images with ground-truth masks, e.g. CUB's
-images/ + segmentations/ or images/ + masks/ with the same stems.""")
+--model is in a run directory). --data folder:PATH: the images with ground-truth masks, e.g.
+CUB's images/ + segmentations/ or images/ + masks/ with the same stems. --data tfds:NAME: the
+dataset's test split (caltech_birds2011, oxford_iiit_pet), read from the run's data.data_dir.""")
 @click.option("--model", required=True, help="Segmenter .keras file or run directory.")
-@click.option("--data", "spec", default="synthetic", show_default=True, help="synthetic or folder:PATH.")
+@click.option("--data", "spec", metavar="SPEC",
+              help="synthetic, folder:PATH or tfds:NAME [default: the run's data.source, else synthetic].")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="JSON file for the scores [default: evaluation_<model>_<data>.json beside the model].")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 def evaluate(model, spec, out_path, batch_size):
     """Score a segmenter's masks against ground truth: mean IoU, Dice, pixel accuracy."""
-    import json
-
+    from keras_layered.data.sources import evaluation_dataset
+    from keras_layered.data.spec import parse_data_spec
     from keras_layered.evaluation import evaluate_segmenter
 
     path = _segmenter_path(model)
     segmenter = _load_segmenter(path)
     try:
-        dataset, name = _evaluation_data(spec, path, segmenter.resolution, batch_size)
+        data = _run_data_config(path.parent, spec, segmenter.resolution)
+        dataset = evaluation_dataset(data, batch_size)
     except (ConfigError, ValueError, OSError) as err:
         raise click.BadParameter(str(err), param_hint="--data") from err
+    if dataset is None:
+        hint = (" (a folder's masks: images/<sub>/<stem>.* with segmentations/<sub>/<stem>.png or masks/<sub>/"
+                "<stem>.*)" if data.source.startswith("folder:") else "")
+        raise click.BadParameter(f"{data.source} has no ground-truth masks to score against{hint}",
+                                 param_hint="--data")
     scores = evaluate_segmenter(segmenter, dataset)
     click.echo(_score_table({path.stem: scores}))
+    name = parse_data_spec(data.source).short_name
     out_path = Path(out_path) if out_path else path.with_name(f"evaluation_{path.stem}_{name}.json")
-    out_path.write_text(json.dumps({"model": str(path), "data": spec, **scores}, indent=2) + "\n")
+    out_path.write_text(json.dumps({"model": str(path), "data": data.source, **scores}, indent=2) + "\n")
     click.echo(f"wrote {out_path}")
 
 
-def _evaluation_data(spec, model_path, resolution, batch_size):
-    """(dataset of {"image", "mask"} batches, short name for the output file) for --data."""
-    from keras_layered.data.spec import parse_data_spec
-
-    parsed = parse_data_spec(spec)
-    if parsed.kind == "synthetic":
-        from keras_layered.training.build import build_eval_dataset
-
-        run_config = model_path.parent / "config.yaml"
-        # The run's held-out scenes, at the resolution the model reads.
-        cfg = load_config(run_config if run_config.is_file() else None, [f"data.resolution={resolution}"])
-        return build_eval_dataset(cfg, batch_size), "synthetic"
-    if parsed.kind == "folder":
-        from keras_layered.data.folder import folder_dataset
-
-        dataset = folder_dataset(parsed.path_or_name, resolution, batch_size, with_masks=True, training=False)
-        return dataset, Path(parsed.path_or_name).name or "folder"
-    raise ValueError(f"evaluate does not read {parsed.kind}: data yet; use synthetic or folder:PATH")
+def _run_data_config(run_dir, spec, resolution):
+    """The config of the run in `run_dir` (its config.yaml, else the defaults) with `spec` as
+    data.source when given and the model's resolution: the run's data options (data_dir, crop,
+    held-out scenes) apply to the data scored against."""
+    run_config = Path(run_dir) / "config.yaml"
+    overrides = [f"data.resolution={resolution}"] + ([f"data.source={json.dumps(spec)}"] if spec else [])
+    return load_config(run_config if run_config.is_file() else None, overrides).data
 
 
 @main.command(epilog="""\b
@@ -203,6 +236,68 @@ def export(run_dir, out_dir, method):
     for key in ("segmenter", "generator"):
         click.echo(f"{paths[key]} (SavedModel)\n{describe_signatures(paths[key])}")
     click.echo(f"{paths['segmenter_keras']}\n{paths['generator_keras']}")
+
+
+@main.command(epilog="""\b
+FID between the run's EMA generator (its composites, z ~ N(0, I)) and the training images of
+the data (centre crops at the run's resolution), from InceptionV3's pool features
+(keras.applications, ImageNet weights, images resized to 299). The data's statistics are cached
+in --stats-dir and reused by later calls. Appends {"fid", ...} to RUN/fid.jsonl. Comparable
+between runs of this package, not exactly with published FIDs (those use the TF1 Inception
+graph); the standard count is 50000 images, fewer biases FID upwards.""")
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A run directory holding generator.keras.")
+@click.option("--data", "spec", metavar="SPEC", help="Data to compare with [default: the run's data.source].")
+@click.option("--num-images", default=10000, show_default=True, type=click.IntRange(min=2),
+              help="Generated images, and data images (fewer if the data has fewer).")
+@click.option("--batch-size", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet (Keras' cache ~/.keras/models, else a download), the path of a local "
+                   "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5, or none (untrained: only "
+                   "tests the pipeline, the number means nothing).")
+@click.option("--stats-dir", type=click.Path(file_okay=False),
+              help="Where the data's statistics are cached [default: fid_stats/ beside the run].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generator's latents.")
+def fid(run_dir, spec, num_images, batch_size, weights, stats_dir, seed):
+    """Frechet Inception Distance of a run's generator against a dataset."""
+    import keras
+
+    import keras_layered  # noqa: F401  (registers the model classes)
+    from keras_layered import fid as fid_lib
+    from keras_layered.data.sources import reference_dataset
+    from keras_layered.data.spec import parse_data_spec
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "generator.keras").is_file():
+        raise click.BadParameter(f"{run_dir} holds no generator.keras: train it first", param_hint="--run")
+    generator = keras.saving.load_model(run_dir / "generator.keras")
+    weights = None if weights.lower() == "none" else weights
+    try:
+        data = _run_data_config(run_dir, spec, generator.resolution)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="--data") from err
+    try:
+        model = fid_lib.load_inception(weights)
+    except fid_lib.FidWeightsError as err:
+        raise click.BadParameter(str(err), param_hint="--weights") from err
+    tag = fid_lib.weights_tag(weights)
+    name = parse_data_spec(data.source).short_name
+    stats_dir = Path(stats_dir) if stats_dir else run_dir.resolve().parent / "fid_stats"
+    # Untrained weights differ on every load: their statistics are never reused.
+    cache = None if weights is None else stats_dir / f"{name}_{data.resolution}px_{num_images}_{tag}.npz"
+    description = {"data": data.source, "resolution": data.resolution, "crop_scale": data.crop_scale,
+                   "data_dir": data.data_dir, "num_images": num_images, "weights": tag}
+    try:
+        real = fid_lib.dataset_statistics(model, reference_dataset(data, batch_size, num_images), num_images,
+                                          cache, description)
+    except (ConfigError, ValueError, OSError) as err:
+        raise click.BadParameter(str(err), param_hint="--data") from err
+    fake = fid_lib.generator_statistics(model, generator, num_images, batch_size, seed)
+    value = fid_lib.frechet_distance(*real, *fake)
+    click.echo(f"FID {value:.4g}: {num_images} generated images vs {data.source} at {data.resolution} px "
+               f"({tag} InceptionV3 weights)" + (f"; data statistics cached in {cache}" if cache else ""))
+    with open(run_dir / "fid.jsonl", "a") as log_file:
+        log_file.write(json.dumps({"fid": value, "seed": seed, **description}) + "\n")
 
 
 if __name__ == "__main__":

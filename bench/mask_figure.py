@@ -31,7 +31,7 @@ def main(run_dir, out_path, scenes, zoom):
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     data = make_scenes(tf.range(scenes), cfg.data.resolution, seed=cfg.data.eval_seed,
-                       difficulty=cfg.data.difficulty)
+                       difficulty=cfg.data.difficulty, edges=cfg.data.edges)
     images = np.round((data["image"].numpy() + 1.0) * 127.5).astype("uint8")
     columns = [images, np.repeat(data["mask"].numpy() * 255, 3, axis=-1).astype("uint8")]
     names = ["image", "true mask"]

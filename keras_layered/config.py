@@ -20,12 +20,19 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class DataConfig:
-    source: str = "synthetic"  # only the built-in scenes for now
+    source: str = "synthetic"  # "synthetic", "folder:PATH" or "tfds:NAME[/CONFIG]" (README, "Data")
     resolution: int = 32  # square images, power of two, 8..256
     difficulty: float = 0.3  # built-in scenes: 0 = plain ellipses, 1 = varied shapes, busy backgrounds
-    seed: int = 0  # seed of the built-in training scenes
+    edges: int = 2  # built-in scenes: sharp straight edges across each background (0-4); they make the shift bite
+    seed: int = 0  # seed of the built-in training scenes; of shuffles, crops and flips of real images
     eval_seed: int = 12345  # seed of the held-out built-in scenes used for evaluation
     eval_scenes: int = 512  # number of held-out scenes evaluated
+    crop_scale: float = 1.125  # real images: shorter side resized to crop_scale * resolution, then cropped
+    flip: bool = True  # real images: random horizontal flips in training
+    cache: bool = False  # real images: keep them decoded and resized in memory (datasets that fit)
+    shuffle_buffer: int = 10000  # tfds: examples shuffled together (folders shuffle their whole file list)
+    data_dir: str = ""  # tfds: folder of prepared datasets ("" = ~/tensorflow_datasets or $TFDS_DATA_DIR)
+    manual_dir: str = ""  # tfds: folder of the dataset's downloaded archives, to prepare it offline
 
 
 @dataclasses.dataclass
@@ -105,6 +112,14 @@ class SegmentConfig:
 
 
 @dataclasses.dataclass
+class DistributeConfig:
+    """Devices, machines and arithmetic of training (README, "Distributed training")."""
+
+    strategy: str = "auto"  # auto: MirroredStrategy when > 1 GPU is visible; default; mirrored; multi_worker (TF_CONFIG)
+    mixed_precision: str = "none"  # none (float32), mixed_float16 (GPU, loss-scaled) or mixed_bfloat16
+
+
+@dataclasses.dataclass
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -112,6 +127,7 @@ class Config:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     segment: SegmentConfig = dataclasses.field(default_factory=SegmentConfig)
+    distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -121,11 +137,12 @@ class Config:
 
 
 _CHOICES = {
-    "data.source": ("synthetic",),
     "model.generator": ("dcgan", "style"),
     "model.norm": ("batch", "none"),
     "loss.adversarial": ("nonsaturating", "wgan_gp"),
     "segment.serve": ("distilled", "encoder"),
+    "distribute.strategy": ("auto", "default", "mirrored", "multi_worker"),
+    "distribute.mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
 }
 
 
@@ -135,6 +152,7 @@ def _check_ranges(cfg):
     rules = [
         ("data.resolution", 8 <= res <= 256 and res & (res - 1) == 0, "a power of two in [8, 256]"),
         ("data.difficulty", 0.0 <= cfg.data.difficulty <= 1.0, "in [0, 1]"),
+        ("data.edges", 0 <= cfg.data.edges <= 4, "in [0, 4]"),
         ("perturb.max_shift", 0.0 <= cfg.perturb.max_shift < 0.5, "in [0, 0.5)"),
         ("perturb.bg_contrast_jitter", 0.0 <= cfg.perturb.bg_contrast_jitter < 1.0, "in [0, 1)"),
         ("loss.min_mask_coverage", 0.0 <= cfg.loss.min_mask_coverage <= 1.0, "in [0, 1]"),
@@ -155,6 +173,8 @@ def _check_ranges(cfg):
         ("train.sample_every", cfg.train.sample_every >= 1, ">= 1"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, ">= 1"),
         ("data.eval_scenes", cfg.data.eval_scenes >= 1, ">= 1"),
+        ("data.crop_scale", cfg.data.crop_scale >= 1.0, ">= 1 (the crop must fit in the resized image)"),
+        ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 1, ">= 1"),
         ("segment.steps", cfg.segment.steps >= 1, ">= 1"),
         ("segment.steps_per_epoch", cfg.segment.steps_per_epoch >= 1, ">= 1"),
         ("segment.batch_size", cfg.segment.batch_size >= 1, ">= 1"),
@@ -180,9 +200,24 @@ def _check_ranges(cfg):
     for key, ok, expected in rules:
         if not ok:
             raise ConfigError(f"{key} must be {expected}, got {_get(cfg, key)!r}")
+    _check_data_source(cfg.data.source)
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {_get(cfg, key)!r}")
+
+
+def _check_data_source(source):
+    """Only the form of data.source and the dataset name; whether the files exist is checked when
+    the data is read, so a config stays loadable on a machine without the data."""
+    from keras_layered.data.spec import parse_data_spec
+    from keras_layered.data.tfds import check_dataset_name
+
+    try:
+        spec = parse_data_spec(source)
+        if spec.kind == "tfds":
+            check_dataset_name(spec.path_or_name)
+    except ValueError as err:
+        raise ConfigError(f"data.source: {err}") from err
 
 
 def _get(cfg, dotted):

@@ -57,4 +57,17 @@ def test_thresholds_are_the_documented_ones():
     assert diagnose_masks(full) and "collapse" in diagnose_masks(full)[0]
     masks = np.ones((2, 10, 10, 1), np.float32)
     masks[0, :3] = 0.0  # 70 % and 100 % -> mean 0.85, IoU 0.7
+    assert not any("collapse" in w for w in diagnose_masks(masks))
+
+
+def test_masks_around_the_objects_report_inverted_layering():
+    holes = 1.0 - np.stack([disk(4, 4), disk(4, 11), disk(11, 4), disk(11, 11)])
+    warnings = diagnose_masks(holes)
+    assert len(warnings) == 1 and "inverted layering" in warnings[0]
+    assert "100% of the image border" in warnings[0] and "perturb.max_shift" in warnings[0]
+
+
+def test_objects_touching_the_border_are_not_inverted():
+    # Each disk covers 9 of the 60 border pixels (15 %), far below 50 %.
+    masks = np.stack([disk(0, 8, radius=4), disk(15, 8, radius=4), disk(8, 0, radius=4)])
     assert diagnose_masks(masks) == []

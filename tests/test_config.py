@@ -147,6 +147,7 @@ def test_section_that_is_not_a_mapping():
         ("perturb.max_shift=0.5", "perturb.max_shift"),
         ("perturb.max_shift=-0.1", "perturb.max_shift"),
         ("data.resolution=48", "data.resolution"),
+        ("data.edges=5", "data.edges"),
         ("data.resolution=512", "data.resolution"),
         ("data.resolution=4", "data.resolution"),
         ("train.ema_decay=1.0", "train.ema_decay"),
@@ -229,10 +230,42 @@ def test_save_load_round_trip(tmp_path):
     assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
     assert again.train.g_lr == 1e-5 and isinstance(again.train.g_lr, float)
     # Saved as plain nested YAML with every section.
-    assert set(yaml.safe_load(path.read_text())) == {"data", "model", "perturb", "loss", "train", "segment"}
+    assert set(yaml.safe_load(path.read_text())) == {f.name for f in dataclasses.fields(Config)}
 
 
 def test_defaults_round_trip(tmp_path):
     path = tmp_path / "defaults.yaml"
     Config().save(path)
     assert load_config(path) == Config()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--set", "perturb.max_shfit=0.1"], "unknown config key 'perturb.max_shfit'; did you mean 'perturb.max_shift'?"),
+        (["--set", "train.steps=many"], "train.steps must be of type int, got 'many'"),
+        (["--set", "perturb.max_shift=0.5"], "perturb.max_shift must be in [0, 0.5), got 0.5"),
+        (["--set", "data.resolution=48"], "data.resolution must be a power of two in [8, 256], got 48"),
+        (["--config", "{bad_yaml}"], "train.g_lr must be of type float, got 'fast'"),
+    ],
+)
+def test_cli_train_rejects_a_bad_config_before_building_or_writing_anything(args, expected, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from helpers import load_script
+    from keras_layered.training import run as run_module
+
+    def must_not_run(*_, **__):
+        raise AssertionError("a bad config must fail before anything is built")
+
+    for name in ("train", "build_layered_gan", "build_dataset"):
+        monkeypatch.setattr(run_module, name, must_not_run)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train:\n  g_lr: fast\n")
+    out = tmp_path / "run"
+    args = [a.format(bad_yaml=bad_yaml) for a in args]
+    result = CliRunner().invoke(load_script("cli.py").main, ["train", "--out", str(out), *args])
+    assert result.exit_code == 2, result.output  # a usage error
+    assert expected in result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert not out.exists(), "nothing is written for a bad config"

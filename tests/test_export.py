@@ -201,3 +201,43 @@ def test_uint8_tensor_needs_the_uint8_signature(runs):
     with pytest.raises(tf.errors.InvalidArgumentError, match="uint8"):
         signatures["serving_default"](images=images)
     assert signatures["serving_uint8"](images=images)["mask"].shape == (4, RES, RES, 1)
+
+
+SHAPE_MESSAGE = rf"Segmenter: expected images of shape \(batch, {RES}, {RES}, 3\)"
+
+
+@pytest.mark.parametrize("shape", [(2, RES, RES, 4), (2, RES, RES, 1), (RES, RES, 3), (1, 2, RES, RES, 3),
+                                   (2, 2 * RES, 2 * RES, 3)])
+@pytest.mark.parametrize("signature", ["serving_default", "serving_uint8"])
+def test_saved_model_refuses_a_wrong_shape_tensor_with_the_expected_shape(runs, shape, signature):
+    """A concrete signature does not check a tf.Tensor's shape: the guard inside the graph does,
+    with the Segmenter's message (what to convert, that `segment` resizes), not a trace from a conv."""
+    serve = tf.saved_model.load(str(runs["unet"]["segmenter"])).signatures[signature]
+    dtype = tf.float32 if signature == "serving_default" else tf.uint8
+    with pytest.raises(tf.errors.InvalidArgumentError, match=SHAPE_MESSAGE) as info:
+        serve(images=tf.zeros(shape, dtype))
+    assert "resize to" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype, signature, expected", [
+    (tf.int32, "serving_default", "expected to be a float tensor but is a int32 tensor"),
+    (tf.float64, "serving_default", "expected to be a float tensor but is a double tensor"),
+    (tf.string, "serving_default", "expected to be a float tensor but is a string tensor"),
+    (tf.float32, "serving_uint8", "expected to be a uint8 tensor but is a float tensor"),
+])
+def test_saved_model_refuses_a_wrong_dtype_tensor_naming_both_dtypes(runs, dtype, signature, expected):
+    serve = tf.saved_model.load(str(runs["unet"]["segmenter"])).signatures[signature]
+    images = tf.zeros((1, RES, RES, 3), dtype) if dtype != tf.string else tf.fill((1, RES, RES, 3), "x")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+        serve(images=images)
+
+
+def test_saved_model_converts_numeric_numpy_arrays_of_another_dtype(runs, segmenters):
+    """numpy arrays (unlike tf.Tensors) are converted to the signature's float32: an int array of
+    0..255 values gives the masks of the same uint8 pixels."""
+    serve = tf.saved_model.load(str(runs["unet"]["segmenter"])).signatures["serving_default"]
+    pixels = inputs()["uint8"]
+    expected = segmenters["unet"].predict(pixels, verbose=0)
+    for dtype in ("int32", "float64"):
+        np.testing.assert_allclose(serve(images=pixels.astype(dtype))["mask"].numpy(), expected, atol=1e-5,
+                                   err_msg=dtype)

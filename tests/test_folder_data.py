@@ -217,10 +217,10 @@ def test_grayscale_image_has_equal_channels(cub):
     np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
 
 
-@pytest.mark.parametrize("flip", [True, False])
-def test_crop_and_flip_keep_image_and_mask_aligned(coded, flip):
+@pytest.mark.parametrize("flip, cache", [(True, False), (False, False), (True, True)])
+def test_crop_and_flip_keep_image_and_mask_aligned(coded, flip, cache):
     # crop_scale 30 / 24 keeps the 40 x 30 images unresized, so every output pixel is a source pixel.
-    dataset = folder_dataset(coded, 24, 8, with_masks=True, crop_scale=1.25, flip=flip, seed=3)
+    dataset = folder_dataset(coded, 24, 8, with_masks=True, crop_scale=1.25, flip=flip, seed=3, cache=cache)
     offsets, flips = set(), set()
     for image, mask in samples(dataset, 10):
         pixels = to_uint8(image)
@@ -363,6 +363,7 @@ def test_with_masks_needs_every_mask(images_and_masks):
 
 @pytest.mark.parametrize("kwargs", [
     {"resolution": 0}, {"resolution": 8.0}, {"batch_size": True}, {"batch_size": 0}, {"crop_scale": 0.9},
+    {"start": -1},
 ])
 def test_bad_arguments_raise(images_and_masks, kwargs):
     args = {"resolution": 8, "batch_size": 2, **kwargs}

@@ -208,7 +208,7 @@ def test_penalty_every_applies_penalty_on_due_steps_only():
 def test_d_step_alone_changes_only_the_discriminator():
     gan = build_layered_gan(tiny_config())
     before = snapshot(gan)
-    terms = tf.function(gan._d_step)(tf.constant(real_batch()))
+    terms = tf.function(lambda real: gan._d_step(real, gan.fakes(tf.shape(real)[0])))(tf.constant(real_batch()))
     after = snapshot(gan)
     assert np.isfinite(float(terms["d_loss"]))
     assert all(changed(before["d"], after["d"]))

@@ -363,7 +363,11 @@ MIRRORED_CODE = textwrap.dedent(
             mpos = [np.argwhere(img > 0.5).tolist() for img in m]
             replicas.append({"fg": fpos, "mask": mpos})
         result.append(replicas)
-    print("RESULT" + json.dumps({"replicas": strategy.num_replicas_in_sync, "steps": result}))
+    # One device drawing the global batch (2 x 16) from the same seed, step by step.
+    reference = RandomShift(max_shift=0.4, seed=3)
+    global_offsets = [reference.sample_offsets(2 * batch, size, size).numpy().tolist() for _ in range(2)]
+    print("RESULT" + json.dumps({"replicas": strategy.num_replicas_in_sync, "steps": result,
+                                 "global": global_offsets}))
     """
 )
 
@@ -376,7 +380,7 @@ def test_mirrored_strategy_gives_each_replica_its_own_offsets():
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
     result = json.loads(line[len("RESULT"):])
     assert result["replicas"] == 2
-    for replicas in result["steps"]:
+    for replicas, global_offsets in zip(result["steps"], result["global"]):
         offsets = []
         for replica in replicas:
             fg_off, mask_off = [], []
@@ -388,5 +392,7 @@ def test_mirrored_strategy_gives_each_replica_its_own_offsets():
             assert max(abs(v) for o in fg_off for v in o) <= 6
             offsets.append(fg_off)
         assert len(set(offsets[0])) > 4  # different offsets within a replica's batch
-        # Identical input on both replicas must still get independent offsets.
+        # Identical input on both replicas must still get independent offsets ...
         assert offsets[0] != offsets[1], "both replicas drew the same offsets"
+        # ... which are replica r's rows of what one device draws for the global batch.
+        assert offsets[0] + offsets[1] == [tuple(o) for o in global_offsets]

@@ -289,6 +289,14 @@ def test_segmenter_masks_shape_range_and_dtype_agreement(segmenters, kind):
     np.testing.assert_allclose(segmenter.predict(x, verbose=0), masks, atol=1e-6)
 
 
+def test_segmenter_reads_integer_images_as_0_255_and_rejects_bool(segmenters):
+    segmenter = segmenters["unet"]
+    x = uint8_images(2, seed=13)
+    np.testing.assert_allclose(numpy(segmenter(x.astype("int32"))), numpy(segmenter(x)), atol=1e-6)
+    with pytest.raises(TypeError, match="uint8 in \\[0, 255\\] or float in \\[0, 1\\], got dtype bool"):
+        segmenter(x > 127)
+
+
 def test_segmenter_inversion_masks_are_the_inversion_masks(segmenters, inversion):
     x = uint8_images(4, seed=12)
     expected = numpy(inversion(x.astype("float32") / 127.5 - 1.0)["mask"])

@@ -145,3 +145,29 @@ def test_bad_arguments_name_the_argument(kwargs, name):
 def test_make_scenes_validates_too():
     with pytest.raises(ValueError, match="resolution"):
         make_scenes(tf.constant([0], tf.int64), 10)
+
+
+def background_jumps(image, mask, size=0.2):
+    """Per scene, how many neighbouring background pixels differ by more than `size` in a channel
+    (pixels next to the object excluded: its anti-aliased rim is not background)."""
+    grown = mask.copy()
+    for axis in (1, 2):
+        grown = np.maximum(grown, np.maximum(np.roll(mask, 1, axis), np.roll(mask, -1, axis)))
+    return sum(((np.abs(diff) > size) * valid).any(axis=3).sum(axis=(1, 2))
+               for diff, valid in background_pairs(image, grown, 1))
+
+
+def test_edges_add_sharp_steps_to_the_background_only():
+    smooth_image, smooth_mask = scenes(64, 32)
+    edged_image, edged_mask = scenes(64, 32, edges=2)
+    np.testing.assert_array_equal(smooth_mask, edged_mask)  # same objects, same places
+    assert background_jumps(smooth_image, smooth_mask).max() <= 2  # smooth fields: (almost) no jumps
+    jumps = background_jumps(edged_image, edged_mask)
+    assert (jumps >= 10).mean() > 0.9  # edges cross most scenes over many pixels
+    np.testing.assert_array_equal(scenes(4, 16, edges=0)[0], scenes(4, 16)[0])
+
+
+@pytest.mark.parametrize("edges", [-1, 5, 1.0, True])
+def test_bad_edge_counts_are_rejected(edges):
+    with pytest.raises(ValueError, match="edges"):
+        synthetic_scenes(16, 4, edges=edges)

@@ -8,7 +8,8 @@ Geometry, as the original code's `org_to_crop`: the shorter side is resized to
 round(crop_scale * resolution) (bilinear for images, nearest for masks), then a random crop
 (training) or the centre crop (evaluation) of resolution x resolution is taken, then, when
 training, a horizontal flip with probability 0.5. Image and mask travel as one 4-channel tensor
-through crop and flip, so they cannot drift apart.
+through crop and flip (`keras_layered.data.geometry`, shared with the TFDS reader), so they
+cannot drift apart.
 
 Files are decoded with Pillow by `segment.load_image` (EXIF orientation, grayscale, palette,
 16-bit and transparent images handled as everywhere else in the package) inside
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from keras_layered.data.geometry import check_crop_scale, crop_and_flip, to_floats
 from keras_layered.segment import (
     IMAGE_EXTENSIONS,
     PIL_ERRORS,
@@ -260,7 +262,8 @@ def _check_masks(scan):
 
 
 def folder_dataset(root, resolution: int, batch_size: int, *, with_masks: bool = False, training: bool = True,
-                   flip: bool = True, crop_scale: float = 1.125, seed: int = 0) -> tf.data.Dataset:
+                   flip: bool = True, crop_scale: float = 1.125, seed: int = 0, cache: bool = False,
+                   start: int = 0) -> tf.data.Dataset:
     """Batches of the images under `root` (a folder, or its `scan_folder` result to reuse the scan).
 
     Yields images (B, R, R, 3) float32 in [-1, 1] with R = `resolution`, or dicts {"image",
@@ -270,48 +273,51 @@ def folder_dataset(root, resolution: int, batch_size: int, *, with_masks: bool =
     training: files in a new seeded random order each epoch, repeated forever, random crops,
     flips unless `flip` is False; full batches only. Otherwise one pass in path order, centre
     crops, no flips, the last batch possibly smaller. Crops and flips are a pure function of
-    `seed` and the position in the stream, so a run is reproducible.
+    `seed` and the position in the stream, so a run is reproducible; `start` skips that many images
+    of the training stream (cheaply, before decoding), so a run resumed after k steps of batch B
+    passes k * B and sees the batches of a run that never stopped (when every file is readable).
+
+    cache: keep the decoded, resized images in memory after the first pass, so later epochs
+    decode nothing (for datasets that fit in memory: about 3 * (crop_scale * R)^2 * 4/3 bytes
+    per image).
 
     Unreadable files are skipped, each logged once; pass a `scan_folder` result to count them.
     """
     _check_count("resolution", resolution)
     _check_count("batch_size", batch_size)
-    if isinstance(crop_scale, bool) or not isinstance(crop_scale, (int, float)) or not crop_scale >= 1.0:
-        raise ValueError(f"crop_scale must be a number >= 1, so the crop fits the resized image, got {crop_scale!r}.")
+    check_crop_scale(crop_scale)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be an integer >= 0, got {start!r}.")
     scan = root if isinstance(root, FolderScan) else scan_folder(root)
     if with_masks:
         _check_masks(scan)
     channels = 4 if with_masks else 3
     reader = _Reader(scan, round(crop_scale * resolution), with_masks)
-    crop_shape = (resolution, resolution, channels)
 
     def read(index):
         pixels, ok = tf.numpy_function(reader, [index], (tf.uint8, tf.bool))
         pixels.set_shape((None, None, channels))  # (H', W', C) uint8
         return pixels, ok
 
-    def crop_and_flip(position, pixels):
-        if not training:
-            top = (tf.shape(pixels)[0] - resolution) // 2
-            left = (tf.shape(pixels)[1] - resolution) // 2
-            return tf.ensure_shape(pixels[top:top + resolution, left:left + resolution], crop_shape)
-        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
-            tf.stack([tf.constant(seed, tf.int64), position]), 2))
-        pixels = tf.image.stateless_random_crop(pixels, crop_shape, seed=crop_seed)
-        return tf.image.stateless_random_flip_left_right(pixels, seed=flip_seed) if flip else pixels
+    def crop(position, pixels):
+        return crop_and_flip(pixels, position, resolution, training=training, flip=flip, seed=seed)
 
-    def to_floats(pixels):  # (B, R, R, C) uint8
-        image = tf.cast(pixels[..., :3], tf.float32) / 127.5 - 1.0
-        return {"image": image, "mask": tf.cast(pixels[..., 3:], tf.float32)} if with_masks else image
+    def decoded(indices):
+        return (indices.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+                .filter(lambda pixels, ok: ok)
+                .map(lambda pixels, ok: pixels))
 
     indices = tf.data.Dataset.range(len(scan.pairs))
-    if training:
-        indices = indices.shuffle(len(scan.pairs), seed=seed, reshuffle_each_iteration=True).repeat()
-    return (indices.map(read, num_parallel_calls=tf.data.AUTOTUNE)
-            .filter(lambda pixels, ok: ok)
-            .map(lambda pixels, ok: pixels)
-            .enumerate()
-            .map(crop_and_flip, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:  # decode once in path order, then shuffle the decoded images
+        images = decoded(indices).cache()
+        if training:
+            images = images.shuffle(len(scan.pairs), seed=seed, reshuffle_each_iteration=True).repeat().skip(start)
+    else:
+        if training:
+            indices = indices.shuffle(len(scan.pairs), seed=seed, reshuffle_each_iteration=True).repeat().skip(start)
+        images = decoded(indices)
+    return (images.enumerate(start if training else 0)
+            .map(crop, num_parallel_calls=tf.data.AUTOTUNE)
             .batch(batch_size, drop_remainder=training)
-            .map(to_floats, num_parallel_calls=tf.data.AUTOTUNE)
+            .map(lambda pixels: to_floats(pixels, with_masks), num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))

@@ -8,6 +8,7 @@ Only the kind before the first ":" is interpreted, so PATH may itself contain ":
 """
 
 import dataclasses
+from pathlib import PurePath
 
 __all__ = ["DataSpec", "parse_data_spec"]
 
@@ -29,6 +30,19 @@ class DataSpec:
 
     def __str__(self):
         return self.kind if self.path_or_name is None else f"{self.kind}:{self.path_or_name}"
+
+    @property
+    def short_name(self) -> str:
+        """A name for run directories and output files: "synthetic", the folder's name (its parent's
+        for a folder named images), or the dataset with "/" as "_" ("lsun_car")."""
+        if self.kind == "synthetic":
+            return "synthetic"
+        if self.kind == "tfds":
+            return self.path_or_name.replace("/", "_")
+        path = PurePath(self.path_or_name.rstrip("/\\") or "/")
+        if path.name.casefold() == "images" and path.parent.name:
+            path = path.parent
+        return path.name or "folder"
 
 
 def parse_data_spec(text: str) -> DataSpec:

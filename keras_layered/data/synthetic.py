@@ -43,20 +43,24 @@ _DRAWS = {
     "hue": 3,
     "contrast": 1,
     "light": 1,
+    "edges": 6 * 4,  # per edge: angle, centre (2), colour step (3); at most _MAX_EDGES edges
 }
+_MAX_EDGES = 4
 
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
-def synthetic_scenes(resolution: int = 32, batch_size: int = 64, *, seed: int = 0, difficulty: float = 0.3,
-                     num_scenes: int | None = None, with_masks: bool = False) -> tf.data.Dataset:
+def synthetic_scenes(resolution: int = 32, batch_size: int = 64, *, seed: int = 0, difficulty: float = 0.3, edges: int = 0,
+                     num_scenes: int | None = None, with_masks: bool = False, start: int = 0) -> tf.data.Dataset:
     """Batches of synthetic scenes, infinite unless `num_scenes` is given.
 
     Yields images (B, H, W, 3) in [-1, 1], or dicts {"image", "mask"} when
-    `with_masks` is True. Scenes are indexed 0, 1, 2, ...; with `num_scenes`,
-    every scene is yielded (the last batch may be smaller).
+    `with_masks` is True. Scenes are indexed start, start + 1, ...; with
+    `num_scenes`, every scene below it is yielded (the last batch may be
+    smaller). A run resumed after k steps of batch B passes start = k * B and
+    sees the same batches as a run that never stopped.
     """
-    _check_scene_args(resolution, difficulty)
+    _check_scene_args(resolution, difficulty, edges)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     if num_scenes is not None and (
@@ -64,29 +68,33 @@ def synthetic_scenes(resolution: int = 32, batch_size: int = 64, *, seed: int = 
         raise ValueError(
             f"num_scenes must be an integer >= batch_size ({batch_size}) or None for an infinite "
             f"dataset, got {num_scenes!r}; lower batch_size or raise num_scenes.")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0 or (
+            num_scenes is not None and start >= num_scenes):
+        raise ValueError(f"start must be an integer scene index >= 0 (and below num_scenes), got {start!r}.")
 
     def render(indices):
-        scenes = make_scenes(indices, resolution, seed=seed, difficulty=difficulty)
+        scenes = make_scenes(indices, resolution, seed=seed, difficulty=difficulty, edges=edges)
         return scenes if with_masks else scenes["image"]
 
-    indices = tf.data.Dataset.counter() if num_scenes is None else tf.data.Dataset.range(num_scenes)
+    indices = tf.data.Dataset.counter(start) if num_scenes is None else tf.data.Dataset.range(start, num_scenes)
     # An infinite stream has static batch shapes; a finite set keeps its last partial batch.
     return (indices.batch(batch_size, drop_remainder=num_scenes is None)
             .map(render, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 
 
-def make_scenes(indices, resolution: int, *, seed: int = 0, difficulty: float = 0.3) -> dict:
+def make_scenes(indices, resolution: int, *, seed: int = 0, difficulty: float = 0.3, edges: int = 0) -> dict:
     """Renders the scenes with the given int64 indices (B,).
 
     Returns {"image": float32 (B, H, W, 3) in [-1, 1], "mask": float32
     (B, H, W, 1) of exact 0/1}. `difficulty` in [0, 1] raises background
-    detail, shape variety and size range, and lowers object contrast.
+    detail, shape variety and size range, and lowers object contrast. `edges` (0 to 4) sharp
+    straight colour steps cross the background.
     """
-    _check_scene_args(resolution, difficulty)
+    _check_scene_args(resolution, difficulty, edges)
     draws = tf.split(_uniform(seed, indices, sum(_DRAWS.values())), list(_DRAWS.values()), axis=1)
     u = dict(zip(_DRAWS, draws))
-    background = _background(u, resolution, difficulty)
+    background = _background(u, resolution, difficulty) + _edges(u, resolution, edges)
     alpha, mask, shading = _object(u, resolution, difficulty)
     colour = _object_colour(u, background, alpha, difficulty)  # (B, 1, 1, 3)
     # Shade in [0, 1] space so the light and rim act as illumination factors.
@@ -95,7 +103,7 @@ def make_scenes(indices, resolution: int, *, seed: int = 0, difficulty: float = 
     return {"image": tf.clip_by_value(image, -1.0, 1.0), "mask": mask}
 
 
-def _check_scene_args(resolution, difficulty):
+def _check_scene_args(resolution, difficulty, edges=0):
     if (isinstance(resolution, bool) or not isinstance(resolution, int)
             or not 8 <= resolution <= 256 or resolution & (resolution - 1)):
         raise ValueError(
@@ -103,6 +111,9 @@ def _check_scene_args(resolution, difficulty):
             f"got {resolution!r}.")
     if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)) or not 0.0 <= difficulty <= 1.0:
         raise ValueError(f"difficulty must be a number in [0, 1] (0 = easiest), got {difficulty!r}.")
+    if isinstance(edges, bool) or not isinstance(edges, int) or not 0 <= edges <= _MAX_EDGES:
+        raise ValueError(f"edges must be an integer in [0, {_MAX_EDGES}] (sharp edges across the background), "
+                         f"got {edges!r}.")
 
 
 def _mix(z):
@@ -143,6 +154,22 @@ def _background(u, resolution, difficulty):
     grey = tf.reduce_mean(rgb, axis=-1, keepdims=True)
     saturation = 0.35 + 0.4 * u["saturation"][:, None, None]  # (B, 1, 1, 1)
     return grey + saturation * (rgb - grey)
+
+
+def _edges(u, resolution, edges):
+    """Sum of `edges` straight colour steps, each through a point of the central 60 % of the image
+    at a random angle, anti-aliased over one pixel. (B, H, W, 3), 0 when edges == 0."""
+    ys, xs = tf.meshgrid(tf.linspace(0.0, 1.0, resolution), tf.linspace(0.0, 1.0, resolution), indexing="ij")
+    total = tf.zeros((tf.shape(u["edges"])[0], resolution, resolution, 3))
+    for k in range(edges):
+        q = u["edges"][:, 6 * k: 6 * k + 6, None, None]  # (B, 6, 1, 1)
+        angle = 2.0 * math.pi * q[:, 0]
+        centre_x, centre_y = 0.2 + 0.6 * q[:, 1], 0.2 + 0.6 * q[:, 2]
+        distance = (xs - centre_x) * tf.cos(angle) + (ys - centre_y) * tf.sin(angle)  # (B, H, W)
+        step = tf.clip_by_value(distance * resolution + 0.5, 0.0, 1.0)[..., None]
+        colour = (2.0 * tf.transpose(q[:, 3:6], (0, 2, 3, 1)) - 1.0) * 0.45  # (B, 1, 1, 3)
+        total += step * colour
+    return total
 
 
 def _object(u, resolution, difficulty):

@@ -20,6 +20,8 @@ class BackgroundContrastJitter(keras.layers.Layer):
     """
 
     def __init__(self, strength=0.3, seed=None, **kwargs):
+        # Works in the background's own dtype: float32 stays float32 under a mixed policy.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if not 0.0 <= strength < 1.0:
             raise ValueError(
@@ -28,6 +30,9 @@ class BackgroundContrastJitter(keras.layers.Layer):
         self.strength = strength
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # Stateless apart from the seed, built now (as keras' Dropout): `fit` under tf.distribute
+        # builds any unbuilt layer of the model by calling the model on a data batch.
+        self._build_at_init()
 
     def call(self, background, training=None):
         if not training or self.strength == 0.0:

@@ -31,7 +31,7 @@ def shift(x, offsets):
 
 
 def _interpolation(offset, size, dtype):
-    target = ops.arange(size, dtype=dtype)
+    target = ops.cast(ops.arange(size, dtype="float32"), dtype)  # TF has no float16 range in graphs
     source = target[None, :, None] - offset[:, None, None]  # (B, size, 1): where output i reads from
     return ops.relu(1.0 - ops.abs(source - target[None, None, :]))
 
@@ -55,6 +55,8 @@ class RandomShift(keras.layers.Layer):
     """
 
     def __init__(self, max_shift=0.125, apply_at_inference=False, seed=None, **kwargs):
+        # Shifts tensors in their own dtype: float32 layers stay float32 under a mixed policy.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if not 0.0 <= max_shift < 0.5:
             raise ValueError(
@@ -65,6 +67,9 @@ class RandomShift(keras.layers.Layer):
         self.apply_at_inference = apply_at_inference
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # Stateless apart from the seed, built now (as keras' Dropout): `fit` under tf.distribute
+        # builds any unbuilt layer of the model by calling the model on a data batch.
+        self._build_at_init()
 
     def sample_offsets(self, batch_size, height, width):
         """(B, 2) int32 offsets (dy, dx) drawn from the layer's distribution."""

@@ -36,7 +36,8 @@ class Discriminator(keras.Model):
         for i, width in enumerate(widths[1:]):
             blocks.append(wrap(layers.Conv2D(width, 4, strides=2, padding="same", name=f"down{i}")))
             blocks.append(layers.LeakyReLU(0.2))
-        blocks += [layers.Flatten(), wrap(layers.Dense(1, name="logit"))]
+        # A float32 logit under a mixed-precision policy: the losses stay float32.
+        blocks += [layers.Flatten(), wrap(layers.Dense(1, name="logit", dtype="float32"))]
         self.net = keras.Sequential(blocks, name="net")
 
     def build(self, input_shape):

@@ -42,7 +42,7 @@ class Encoder(keras.Model):
             layers.Flatten(),
             layers.Dense(hidden_dim, name="hidden"),
             layers.LeakyReLU(0.2),
-            layers.Dense(latent_dim, name="latent"),
+            layers.Dense(latent_dim, name="latent", dtype="float32"),  # float32 under mixed precision
         ]
         self.net = keras.Sequential(blocks, name="net")
 

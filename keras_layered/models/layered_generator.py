@@ -19,7 +19,8 @@ def _branch(widths, norm, channels, name):
         if norm == "batch":
             stack.append(layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}"))
         stack.append(layers.LeakyReLU(0.2, name=f"{name}_act{i}"))
-    stack.append(layers.Conv2D(channels, 3, padding="same", name=f"{name}_out"))
+    # float32 under a mixed-precision policy: the layers, masks and losses stay float32.
+    stack.append(layers.Conv2D(channels, 3, padding="same", name=f"{name}_out", dtype="float32"))
     return keras.Sequential(stack, name=name)
 
 

@@ -86,7 +86,11 @@ class Segmenter(keras.Model):
             self.network.build((None, *input_shape[1:]))
 
     def call(self, images):
-        from_uint8 = keras.backend.standardize_dtype(images.dtype) == "uint8"
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        if dtype == "bool" or not dtype.startswith(("uint", "int", "float", "bfloat")):
+            raise TypeError(f"Segmenter: images must be uint8 in [0, 255] or float in [0, 1], got dtype {dtype}; "
+                            "convert them, e.g. np.asarray(image, np.uint8).")
+        from_uint8 = dtype == "uint8"
         images = check_image_shape(ops.cast(images, "float32"), self.resolution, "Segmenter")
         out = self.network(_rescale(images, from_uint8), training=False)
         return out["mask"] if isinstance(out, dict) else out

@@ -173,7 +173,8 @@ class _SynthesisNetwork(keras.layers.Layer):
             size = 4 * 2**level
             self.convs += [_EqualizedConv2D(width, name=f"conv_{size}_up"), _EqualizedConv2D(width, name=f"conv_{size}")]
         self.styles = [_NoiseAdaIN(style_dim, name=f"adain_{i}") for i in range(2 * len(self.widths))]
-        self.to_output = _EqualizedConv2D(out_channels, kernel_size=1, name="to_output")
+        # float32 under a mixed-precision policy: the layers, masks and losses stay float32.
+        self.to_output = _EqualizedConv2D(out_channels, kernel_size=1, name="to_output", dtype="float32")
 
     def build(self, input_shape):
         self.constant = self.add_weight(

@@ -44,7 +44,7 @@ class UNet(keras.Model):
         self.bottom = _block(width * 2**depth, "bottom")
         self.up_convs = [layers.Conv2D(width * 2**i, 3, padding="same", name=f"upconv{i}") for i in range(depth)]
         self.up_blocks = [_block(width * 2**i, f"up{i}") for i in range(depth)]
-        self.to_mask = layers.Conv2D(1, 1, name="to_mask")
+        self.to_mask = layers.Conv2D(1, 1, name="to_mask", dtype="float32")  # float32 under mixed precision
 
     def build(self, input_shape):
         b, h, w, _ = input_shape

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import keras
 
+from keras_layered import distribute
 from keras_layered.config import ConfigError
-from keras_layered.data.synthetic import synthetic_scenes
+from keras_layered.data import sources
 from keras_layered.models.discriminator import Discriminator
 from keras_layered.models.layered_generator import LayeredGenerator
 from keras_layered.training.layered_gan import LayeredGAN
@@ -45,8 +46,10 @@ def build_discriminator(cfg):
 
 
 def build_layered_gan(cfg):
-    """A compiled `LayeredGAN`; call it inside the distribution strategy's scope."""
+    """A compiled `LayeredGAN`; call it inside the distribution strategy's scope
+    (`distribute.make_strategy(cfg.distribute.strategy).scope()`)."""
     keras.utils.set_random_seed(cfg.train.seed)
+    distribute.set_precision(cfg.distribute.mixed_precision)  # for every layer built from here on
     loss, perturb, train = cfg.loss, cfg.perturb, cfg.train
     gan = LayeredGAN(
         build_generator(cfg),
@@ -72,29 +75,20 @@ def build_layered_gan(cfg):
         d_optimizer=keras.optimizers.Adam(train.d_lr, beta_1=train.beta_1, beta_2=train.beta_2),
         jit_compile=train.jit_compile,
     )
-    return gan
+    return distribute.fit_across_workers(gan)
 
 
-def build_dataset(cfg, batch_size=None):
-    """The training images as a batched, infinite `tf.data.Dataset` of (B, H, W, 3) in [-1, 1]."""
-    return synthetic_scenes(
-        cfg.data.resolution,
-        batch_size or cfg.train.batch_size,
-        seed=cfg.data.seed,
-        difficulty=cfg.data.difficulty,
-    )
+def build_dataset(cfg, batch_size=None, start=0):
+    """The training images of `cfg.data.source` as a batched, infinite `tf.data.Dataset` of
+    (B, H, W, 3) in [-1, 1], from image number `start` (a resumed run's steps x batch size)."""
+    return sources.training_dataset(cfg.data, batch_size or cfg.train.batch_size, start=start)
 
 
 def build_eval_dataset(cfg, batch_size=128):
-    """The held-out built-in scenes, {"image", "mask"} batches: another seed than training."""
-    return synthetic_scenes(
-        cfg.data.resolution,
-        min(batch_size, cfg.data.eval_scenes),
-        seed=cfg.data.eval_seed,
-        difficulty=cfg.data.difficulty,
-        num_scenes=cfg.data.eval_scenes,
-        with_masks=True,
-    )
+    """{"image", "mask"} batches of the source's images with ground truth (`sources.evaluation_split`
+    says which: held-out built-in scenes, a dataset's test split, a folder's masked images), or None
+    when the source has no masks."""
+    return sources.evaluation_dataset(cfg.data, batch_size)
 
 
 def build_segmentation_trainer(cfg, generator):
@@ -105,6 +99,7 @@ def build_segmentation_trainer(cfg, generator):
     from keras_layered.training.segmentation import SegmentationTrainer
 
     keras.utils.set_random_seed(cfg.train.seed)
+    distribute.set_precision(cfg.distribute.mixed_precision)  # for every layer built from here on
     s, res = cfg.segment, cfg.data.resolution
     encoder = unet = features = None
     if s.encoder:
@@ -137,7 +132,7 @@ def build_segmentation_trainer(cfg, generator):
 
     trainer.compile(encoder_optimizer=adam() if encoder else None, unet_optimizer=adam() if unet else None,
                     jit_compile=cfg.train.jit_compile)
-    return trainer
+    return distribute.fit_across_workers(trainer)
 
 
 def build_segmenters(cfg, trainer):

@@ -3,7 +3,7 @@
 import numpy as np
 
 
-def diagnose_masks(masks, full=0.9, empty=0.02, same_shape_iou=0.9):
+def diagnose_masks(masks, full=0.9, empty=0.02, same_shape_iou=0.9, border=0.5):
     """Checks masks sampled from the generator for known failure modes.
 
     Args:
@@ -11,6 +11,8 @@ def diagnose_masks(masks, full=0.9, empty=0.02, same_shape_iou=0.9):
         full / empty: mean coverage above / below which the mask is called collapsed.
         same_shape_iou: mean pairwise IoU of the binarized masks above which every latent is
             said to draw the same shape.
+        border: fraction of the image border the binarized masks cover, on average, above which
+            the layering is called inverted (objects rarely touch most of the border).
 
     Returns:
         A list of warnings (empty when the masks look healthy).
@@ -28,7 +30,16 @@ def diagnose_masks(masks, full=0.9, empty=0.02, same_shape_iou=0.9):
             f"mask collapse: the mask covers only {coverage:.1%} of the image (the object layer "
             "vanished). Raise loss.min_mask_coverage or loss.mask_coverage_weight."
         ]
-    binary = (masks > 0.5).reshape(len(masks), -1)
+    edge = masks > 0.5
+    on_border = np.concatenate([edge[:, 0], edge[:, -1], edge[:, 1:-1, 0], edge[:, 1:-1, -1]], axis=1)
+    if on_border.mean() > border:
+        return [
+            f"inverted layering: the mask covers {on_border.mean():.0%} of the image border (the object "
+            "sits in the background layer and the mask is everything around it). Check perturb.max_shift "
+            "(the shift is what rules this out), give backgrounds sharper structure (data.edges for the "
+            "built-in scenes), or add loss.max_mask_coverage (e.g. 0.5 with loss.max_coverage_weight 1.0)."
+        ]
+    binary = edge.reshape(len(masks), -1)
     inter = binary.astype(np.float32) @ binary.T.astype(np.float32)  # (N, N) pairwise intersections
     area = binary.sum(axis=1).astype(np.float32)
     union = area[:, None] + area[None, :] - inter

@@ -19,8 +19,9 @@ _LOSS_PAIRS = {
 class LayeredGAN(keras.Model):
     """Trains a layered generator against a discriminator on randomly shifted composites.
 
-    One `train_step` = `d_steps` discriminator steps on the same real batch, one generator step,
-    one update of the generator's exponential moving average (EMA). The EMA generator is what
+    One `train_step` = `d_steps` discriminator steps on the same real batch (the last one on the
+    generator step's own samples), one generator step, one update of the generator's exponential
+    moving average (EMA). The EMA generator is what
     `call`, samples and export use.
 
     Args:
@@ -103,6 +104,9 @@ class LayeredGAN(keras.Model):
 
     def compile(self, g_optimizer, d_optimizer, **kwargs):
         # The generator's optimizer doubles as `self.optimizer`, so `iterations` counts G steps.
+        # Under mixed_float16 both are loss-scaled (before Keras' compile, which would wrap only one).
+        g_optimizer = distribute.with_loss_scale(g_optimizer, self.dtype_policy)
+        d_optimizer = distribute.with_loss_scale(d_optimizer, self.dtype_policy)
         super().compile(optimizer=g_optimizer, **kwargs)
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer
@@ -130,18 +134,34 @@ class LayeredGAN(keras.Model):
 
     def train_step(self, data):
         real = data["image"] if isinstance(data, dict) else keras.utils.unpack_x_y_sample_weight(data)[0]
-        batch_size = tf.shape(real)[0]
-        for _ in range(self.d_steps):
-            d_terms = self._d_step(real)
-        g_terms = self._g_step(batch_size)
+        for _ in range(self.d_steps - 1):
+            self._d_step(real, self.fakes(tf.shape(real)[0]))
+        d_terms, g_terms = self._d_and_g_step(real)
         self._update_ema()
         for name, value in {**d_terms, **g_terms}.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
-    def _d_step(self, real):
-        batch_size = tf.shape(real)[0]
-        fake = self.perturb_and_composite(self.generator(self.sample_latents(batch_size), training=True))
+    def fakes(self, batch_size):
+        """Perturbed composites of fresh latents, as the discriminator sees them."""
+        return self.perturb_and_composite(self.generator(self.sample_latents(batch_size), training=True))
+
+    def _d_and_g_step(self, real):
+        """One generator forward pass serves both players: its perturbed composites train D (as
+        constants), then, through the updated D, the generator."""
+        z = self.sample_latents(tf.shape(real)[0])
+        with tf.GradientTape() as tape:
+            layers = self.generator(z, training=True)
+            fake = self.perturb_and_composite(layers)
+            with tape.stop_recording():
+                d_terms = self._d_step(real, tf.stop_gradient(fake))
+            g_terms = self._g_terms(layers, fake)
+            scaled_loss = self.g_optimizer.scale_loss(g_terms["g_loss"] * distribute.replica_scale())
+        variables = self.generator.trainable_variables
+        self.g_optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
+        return d_terms, g_terms
+
+    def _d_step(self, real, fake):
         variables = self.discriminator.trainable_variables
         penalty_due = tf.equal(self.d_optimizer.iterations % self.penalty_every, 0)
         with tf.GradientTape() as tape:
@@ -150,7 +170,7 @@ class LayeredGAN(keras.Model):
             adversarial = self._d_adversarial(real_logits, fake_logits)
             penalty = tf.cond(penalty_due, lambda: self._lazy_penalty(real, fake), lambda: tf.constant(0.0))
             loss = adversarial + penalty
-            scaled_loss = loss * distribute.replica_scale()
+            scaled_loss = self.d_optimizer.scale_loss(loss * distribute.replica_scale())
         grads = tape.gradient(scaled_loss, variables)
         self.d_optimizer.apply_gradients(zip(grads, variables))
         return {
@@ -174,26 +194,19 @@ class LayeredGAN(keras.Model):
             logit_sum = tf.reduce_sum(self.discriminator(inputs, training=True))
         return self._penalty(tape.gradient(logit_sum, inputs)) * float(self.penalty_every)
 
-    def _g_step(self, batch_size):
-        z = self.sample_latents(batch_size)
-        variables = self.generator.trainable_variables
-        with tf.GradientTape() as tape:
-            layers = self.generator(z, training=True)
-            fake_logits = self.discriminator(self.perturb_and_composite(layers), training=True)
-            adversarial = self._g_adversarial(fake_logits)
-            mask = layers["mask"]  # (B, H, W, 1), before the shift
-            min_cov = losses.min_coverage_loss(mask, self.min_mask_coverage)
-            binary = losses.binarization_loss(mask)
-            max_cov = losses.max_coverage_loss(mask, self.max_mask_coverage)
-            loss = (
-                adversarial
-                + self.mask_coverage_weight * min_cov
-                + self.binarization_weight * binary
-                + self.max_coverage_weight * max_cov
-            )
-            scaled_loss = loss * distribute.replica_scale()
-        grads = tape.gradient(scaled_loss, variables)
-        self.g_optimizer.apply_gradients(zip(grads, variables))
+    def _g_terms(self, layers, fake):
+        """The generator's loss terms: fool D on the perturbed composites, keep the mask alive and binary."""
+        adversarial = self._g_adversarial(self.discriminator(fake, training=True))
+        mask = layers["mask"]  # (B, H, W, 1), before the shift
+        min_cov = losses.min_coverage_loss(mask, self.min_mask_coverage)
+        binary = losses.binarization_loss(mask)
+        max_cov = losses.max_coverage_loss(mask, self.max_mask_coverage)
+        loss = (
+            adversarial
+            + self.mask_coverage_weight * min_cov
+            + self.binarization_weight * binary
+            + self.max_coverage_weight * max_cov
+        )
         return {
             "g_loss": loss,
             "g_adversarial": adversarial,

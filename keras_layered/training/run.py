@@ -10,7 +10,9 @@ from pathlib import Path
 
 import keras
 
+from keras_layered import distribute
 from keras_layered.config import ConfigError
+from keras_layered.data.sources import evaluation_split
 from keras_layered.evaluation import evaluate_segmenter
 from keras_layered.training.build import (
     build_dataset,
@@ -36,6 +38,26 @@ def epoch_plan(steps, steps_per_epoch, section="train"):
     return steps // steps_per_epoch, steps_per_epoch
 
 
+def fit_steps(model, dataset_from, done, steps, steps_per_epoch, checkpoint, callbacks, verbose="auto"):
+    """Trains `model` from its restored step `done` to exactly `steps`, in epochs of
+    `steps_per_epoch` steps; SIGTERM / Ctrl-C save the current step and raise `TrainingInterrupted`.
+
+    `dataset_from(step)` gives the data from that step on, so a resumed run sees the batches an
+    uninterrupted one would. A run resumed mid-epoch (after a signal, or with checkpoint_every not
+    a multiple of steps_per_epoch) first finishes that epoch, so epochs keep their boundaries.
+    """
+    with checkpoint.saving_on_signals(model):
+        into = done % steps_per_epoch
+        if into and done < steps:
+            epoch = done // steps_per_epoch
+            model.fit(dataset_from(done), epochs=epoch + 1, initial_epoch=epoch,
+                      steps_per_epoch=steps_per_epoch - into, callbacks=callbacks, verbose=verbose)
+            done += steps_per_epoch - into
+        if done < steps and checkpoint.signum is None:
+            model.fit(dataset_from(done), epochs=steps // steps_per_epoch, initial_epoch=done // steps_per_epoch,
+                      steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
+
+
 def train(cfg, run_dir, stage="all", verbose="auto"):
     """Runs the `stage`s of `cfg` in `run_dir` ("gan", "encoder" = the segmentation stage, or "all");
     returns the evaluation of the segmentation stage, or None after the GAN stage alone."""
@@ -46,7 +68,10 @@ def train(cfg, run_dir, stage="all", verbose="auto"):
     # config of a run it cannot continue.
     epoch_plan(cfg.train.steps, cfg.train.steps_per_epoch)
     epoch_plan(cfg.segment.steps, cfg.segment.steps_per_epoch, "segment")
-    generator = _check_generator(cfg, run_dir) if stage == "encoder" else None
+    # First of all TensorFlow: MultiWorkerMirroredStrategy must exist before any other op.
+    strategy = distribute.make_strategy(cfg.distribute.strategy)
+    with strategy.scope():
+        generator = _check_generator(cfg, run_dir) if stage == "encoder" else None
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     if stage in ("gan", "all"):
@@ -63,8 +88,9 @@ def train_gan(cfg, run_dir, verbose="auto"):
     `generator.keras` (the EMA generator) and `discriminator.keras`.
     """
     run_dir = Path(run_dir)
-    epochs, steps_per_epoch = epoch_plan(cfg.train.steps, cfg.train.steps_per_epoch)
-    gan = build_layered_gan(cfg)
+    _, steps_per_epoch = epoch_plan(cfg.train.steps, cfg.train.steps_per_epoch)
+    with distribute.make_strategy(cfg.distribute.strategy).scope():  # fit distributes over it
+        gan = build_layered_gan(cfg)
     checkpoint = Checkpoint(
         run_dir / "checkpoints",
         cfg.train.checkpoint_every,
@@ -73,20 +99,14 @@ def train_gan(cfg, run_dir, verbose="auto"):
     done = checkpoint.restore(gan)
     if done:
         log.info("resuming the GAN stage of %s from step %d", run_dir, done)
-    if done < cfg.train.steps:
-        callbacks = [
-            keras.callbacks.TensorBoard(run_dir / "tensorboard", update_freq=50),
-            SampleGrid(run_dir, cfg.train.sample_every),
-            checkpoint,
-        ]
-        gan.fit(
-            build_dataset(cfg),
-            epochs=epochs,
-            initial_epoch=done // steps_per_epoch,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
+    callbacks = [
+        checkpoint,  # first: a non-finite step stops training before the others see it
+        keras.callbacks.TensorBoard(run_dir / "tensorboard", update_freq=50),
+        SampleGrid(run_dir, cfg.train.sample_every, final_step=cfg.train.steps),
+    ]
+    batch_size = cfg.train.batch_size
+    fit_steps(gan, lambda step: build_dataset(cfg, start=step * batch_size), done, cfg.train.steps,
+              steps_per_epoch, checkpoint, callbacks, verbose)
     gan.generator_ema.save(run_dir / "generator.keras")
     gan.discriminator.save(run_dir / "discriminator.keras")
     return gan
@@ -98,13 +118,15 @@ def train_segmentation(cfg, run_dir, verbose="auto", generator=None):
 
     Writes `checkpoints/segmentation/`, `tensorboard/segmentation/`, `segmenter_<method>.keras` per
     trained method, `segmenter.keras` (the `segment.serve` one) and `evaluation.json` (scores on
-    the held-out built-in scenes). Returns the evaluation: {method: scores}.
+    the source's images with ground-truth masks, `sources.evaluation_split`). Returns the
+    evaluation: {method: scores}, empty when the source has no masks.
     """
     run_dir = Path(run_dir)
     s = cfg.segment
-    generator = generator or _check_generator(cfg, run_dir)
-    epochs, steps_per_epoch = epoch_plan(s.steps, s.steps_per_epoch, "segment")
-    trainer = build_segmentation_trainer(cfg, generator)
+    _, steps_per_epoch = epoch_plan(s.steps, s.steps_per_epoch, "segment")
+    with distribute.make_strategy(cfg.distribute.strategy).scope():
+        generator = generator or _check_generator(cfg, run_dir)
+        trainer = build_segmentation_trainer(cfg, generator)
     trained_against = [w.copy() for w in generator.get_weights()]
     checkpoint = Checkpoint(
         run_dir / "checkpoints" / "segmentation",
@@ -119,26 +141,27 @@ def train_segmentation(cfg, run_dir, verbose="auto", generator=None):
             log.warning("generator.keras changed after the segmentation stage trained against it; delete "
                         "%s to retrain the stage on the new generator", run_dir / "checkpoints" / "segmentation")
         generator.set_weights(trained_against)
-    if done < s.steps:
-        trainer.fit(
-            build_dataset(cfg, s.batch_size),
-            epochs=epochs,
-            initial_epoch=done // steps_per_epoch,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=[keras.callbacks.TensorBoard(run_dir / "tensorboard" / "segmentation", update_freq=50),
-                       checkpoint],
-            verbose=verbose,
-        )
+    callbacks = [checkpoint, keras.callbacks.TensorBoard(run_dir / "tensorboard" / "segmentation", update_freq=50)]
+    fit_steps(trainer, lambda step: build_dataset(cfg, s.batch_size, start=step * s.batch_size), done, s.steps,
+              steps_per_epoch, checkpoint, callbacks, verbose)
     segmenters = build_segmenters(cfg, trainer)
     for method, segmenter in segmenters.items():
         segmenter.save(run_dir / f"segmenter_{method}.keras")
     segmenters[s.serve].save(run_dir / "segmenter.keras")
-    results = {method: evaluate_segmenter(seg, build_eval_dataset(cfg)) for method, seg in segmenters.items()}
-    evaluation = {"data": "synthetic", "eval_seed": cfg.data.eval_seed, "served": s.serve, "results": results}
+    evaluated_on = evaluation_split(cfg.data)
+    if evaluated_on is None:
+        log.info("%s has no ground-truth masks: the segmenters are not scored (no evaluation.json); score them "
+                 "with python cli.py evaluate --model %s --data SOURCE_WITH_MASKS", cfg.data.source, run_dir)
+        return {}
+    eval_data = build_eval_dataset(cfg)
+    results = {method: evaluate_segmenter(seg, eval_data) for method, seg in segmenters.items()}
+    evaluation = {"data": cfg.data.source, "evaluated_on": evaluated_on, "served": s.serve, "results": results}
+    if cfg.data.source == "synthetic":
+        evaluation["eval_seed"] = cfg.data.eval_seed
     (run_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     for method, scores in results.items():
-        log.info("%s: mean IoU %.3f, Dice %.3f on %d held-out scenes", method, scores["mean_iou"],
-                 scores["mean_dice"], scores["num_images"])
+        log.info("%s: mean IoU %.3f, Dice %.3f on %d images of %s: %s", method, scores["mean_iou"],
+                 scores["mean_dice"], scores["num_images"], cfg.data.source, evaluated_on)
     return results
 
 

@@ -67,6 +67,9 @@ class SegmentationTrainer(keras.Model):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     def compile(self, encoder_optimizer=None, unet_optimizer=None, **kwargs):
+        # Under mixed_float16 both are loss-scaled (before Keras' compile, which would wrap only one).
+        encoder_optimizer = distribute.with_loss_scale(encoder_optimizer, self.dtype_policy)
+        unet_optimizer = distribute.with_loss_scale(unet_optimizer, self.dtype_policy)
         super().compile(optimizer=encoder_optimizer or unet_optimizer, **kwargs)
         self.encoder_optimizer = encoder_optimizer
         self.unet_optimizer = unet_optimizer
@@ -123,7 +126,7 @@ class SegmentationTrainer(keras.Model):
                 features = self.feature_extractor(ops.concatenate([reconstruction[n:], real], axis=0))
                 terms["perceptual_loss"] = losses.reconstruction_loss(features[:n], features[n:])
                 loss += self.perceptual_weight * terms["perceptual_loss"]
-            scaled_loss = loss * distribute.replica_scale()
+            scaled_loss = self.encoder_optimizer.scale_loss(loss * distribute.replica_scale())
         grads = tape.gradient(scaled_loss, variables)
         self.encoder_optimizer.apply_gradients(zip(grads, variables))
         return {**terms, "encoder_loss": loss}
@@ -133,7 +136,7 @@ class SegmentationTrainer(keras.Model):
         variables = self.unet.trainable_variables
         with tf.GradientTape() as tape:
             loss = losses.mask_cross_entropy(self.unet(images, training=True), target)
-            scaled_loss = loss * distribute.replica_scale()
+            scaled_loss = self.unet_optimizer.scale_loss(loss * distribute.replica_scale())
         grads = tape.gradient(scaled_loss, variables)
         self.unet_optimizer.apply_gradients(zip(grads, variables))
         return {"unet_loss": loss}

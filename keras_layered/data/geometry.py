@@ -1,0 +1,52 @@
+"""The crop geometry of real images, shared by the folder and TFDS readers (the original's `org_to_crop`).
+
+The shorter side of an image is first resized to round(crop_scale * resolution) (bilinear for
+images, nearest for masks; each reader does that step in its own way), then this module takes a
+random crop (training) or the centre crop (evaluation) of resolution x resolution and, when
+training, flips it horizontally with probability 0.5. Image and mask travel as one uint8 tensor
+(mask as a 4th channel), so crop and flip can never move them apart.
+"""
+
+import tensorflow as tf
+
+__all__ = ["check_crop_scale", "crop_and_flip", "shorter_side_size", "to_floats"]
+
+
+def check_crop_scale(crop_scale):
+    if isinstance(crop_scale, bool) or not isinstance(crop_scale, (int, float)) or not crop_scale >= 1.0:
+        raise ValueError(f"crop_scale must be a number >= 1, so the crop fits the resized image, got {crop_scale!r}.")
+
+
+def shorter_side_size(height, width, shorter):
+    """int32 (new height, new width) with min == `shorter`, the other side scaled and rounded (half to even)."""
+    height, width = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    short = tf.minimum(height, width)
+
+    def scaled(side):
+        return tf.maximum(tf.cast(shorter, tf.float64), tf.round(side * shorter / short))
+
+    return tf.cast(scaled(height), tf.int32), tf.cast(scaled(width), tf.int32)
+
+
+def crop_and_flip(pixels, position, resolution, *, training, flip, seed):
+    """A (resolution, resolution, C) crop of uint8 `pixels` (H, W, C): the centre one, or when
+    `training` a random one, flipped left-right with probability 0.5 if `flip`.
+
+    The random draws are a pure function of (`seed`, `position` in the stream), so a run is
+    reproducible and does not depend on how many threads map the dataset.
+    """
+    crop_shape = (resolution, resolution, pixels.shape[-1])
+    if not training:
+        top = (tf.shape(pixels)[0] - resolution) // 2
+        left = (tf.shape(pixels)[1] - resolution) // 2
+        return tf.ensure_shape(pixels[top:top + resolution, left:left + resolution], crop_shape)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
+        tf.stack([tf.constant(seed, tf.int64), tf.cast(position, tf.int64)]), 2))
+    pixels = tf.image.stateless_random_crop(pixels, crop_shape, seed=crop_seed)
+    return tf.image.stateless_random_flip_left_right(pixels, seed=flip_seed) if flip else pixels
+
+
+def to_floats(pixels, with_masks):
+    """uint8 (B, R, R, 3 or 4) -> images float32 in [-1, 1], or {"image", "mask": exact 0/1 (B, R, R, 1)}."""
+    image = tf.cast(pixels[..., :3], tf.float32) / 127.5 - 1.0
+    return {"image": image, "mask": tf.cast(pixels[..., 3:], tf.float32)} if with_masks else image

@@ -1,0 +1,247 @@
+"""TensorFlow Datasets as a data source (`tfds:NAME[/CONFIG]`), for the datasets in `DATASETS`.
+
+Nothing is downloaded while training or evaluating: a dataset is read from `data_dir` (TFDS's
+default, ~/tensorflow_datasets or $TFDS_DATA_DIR, when empty). A dataset that is not prepared
+there raises `MissingDatasetError`, which says how to prepare it: `tfds build` on a machine with
+internet, or, offline, from the dataset's archives downloaded by hand into `manual_dir` (then
+this module prepares it into `data_dir` itself, once).
+
+Images get the geometry of `keras_layered.data.geometry` (the same as image folders): shorter
+side resized to round(crop_scale * resolution), bilinear with antialiasing for images, nearest
+for masks (a mask of another size than its image is stretched onto it), then cropped and flipped
+together with the image as one 4-channel tensor.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import tensorflow as tf
+
+from keras_layered.config import ConfigError
+from keras_layered.data.geometry import check_crop_scale, crop_and_flip, shorter_side_size, to_floats
+
+__all__ = ["DATASETS", "MissingDatasetError", "TfdsDataset", "check_dataset_name", "load_split", "tfds_dataset",
+           "to_rgb"]
+
+
+class MissingDatasetError(ConfigError):
+    """A supported dataset that is not prepared in the data directory; the message says how to prepare it."""
+
+
+def _cub_mask(example):
+    # CUB's masks average several annotators (grey levels 0..255): foreground where most agree,
+    # the same cut as image folders use (keras_layered.data.folder.load_mask).
+    return example["segmentation_mask"] >= 128
+
+
+def _pet_mask(example):
+    # Trimap: 1 pet, 2 background, 3 the unsure band along the outline, counted as pet (as in
+    # segmentation_models_pytorch's Oxford pet loader).
+    return tf.not_equal(example["segmentation_mask"], 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsDataset:
+    """How to read one TFDS dataset.
+
+    train_split: TFDS split expression the GAN trains on. eval_split: the split with ground-truth
+    masks the segmentation stage is scored on (None: the dataset has no masks). mask: example ->
+    bool (H, W, 1) foreground. archives: the files `tfds build` downloads, as they must be named
+    in manual_dir ("{config}" is the builder config); needs: packages `tfds build` imports for it.
+    """
+
+    train_split: str
+    eval_split: str | None = None
+    mask: Callable | None = None
+    archives: Callable[[str], tuple] = lambda config: ()
+    needs: tuple = ()
+    config_required: bool = False
+
+
+_LSUN_SCENES = ("bedroom", "bridge", "church_outdoor", "classroom", "conference_room", "dining_room", "kitchen",
+                "living_room", "restaurant", "tower")
+
+DATASETS = {
+    "caltech_birds2011": TfdsDataset(
+        "train", "test", _cub_mask, lambda config: ("CUB_200_2011.tgz", "segmentations.tgz"),
+        needs=("opencv-python-headless",)),
+    "oxford_iiit_pet": TfdsDataset(
+        "train", "test", _pet_mask, lambda config: ("images.tar.gz", "annotations.tar.gz")),
+    # No masks; the GAN sees all 8189 flowers (its splits are for classification).
+    "oxford_flowers102": TfdsDataset(
+        "train+validation+test", archives=lambda config: ("102flowers.tgz", "imagelabels.mat", "setid.mat"),
+        needs=("scipy",)),
+    "lsun": TfdsDataset(
+        "train", config_required=True, needs=("tensorflow-io",),
+        archives=lambda config: ((f"{config}_train_lmdb.zip", f"{config}_val_lmdb.zip") if config in _LSUN_SCENES
+                                 else (f"{config}.zip",))),
+}
+
+
+def check_dataset_name(name):
+    """The `DATASETS` entry of "NAME" or "NAME/CONFIG"; ValueError naming the supported ones otherwise."""
+    dataset, _, config = name.partition("/")
+    if dataset not in DATASETS:
+        raise ValueError(f"tfds:{name} is not supported; supported datasets: "
+                         f"{', '.join(f'tfds:{n}/<category>' if e.config_required else f'tfds:{n}' for n, e in DATASETS.items())}")
+    if DATASETS[dataset].config_required and not config:
+        raise ValueError(f"tfds:{dataset} needs a category, e.g. tfds:{dataset}/car")
+    return DATASETS[dataset]
+
+
+def _missing_message(name, entry, data_dir, manual_dir, problem=""):
+    dataset, _, config = name.partition("/")
+    where = data_dir or "~/tensorflow_datasets (TFDS's default; set data.data_dir to read another folder)"
+    target = data_dir or "~/tensorflow_datasets"
+    archives = entry.archives(config)
+    lines = [
+        f"tfds:{name} is not prepared in {where}{problem}. Nothing is downloaded while training; prepare it once:",
+        f"  with internet:  pip install {' '.join(('tensorflow-datasets', *entry.needs))}",
+        f"                  tfds build {name} --data_dir {target}",
+        f"                  (or build it elsewhere and copy its folder {dataset}/ into {target})",
+    ]
+    if archives:
+        lines += [f"  offline:        put {', '.join(archives)} (the files its download URLs name) in a folder M",
+                  f"                  and set data.manual_dir=M (or run tfds build {name} --data_dir {target} "
+                  f"--manual_dir M)"]
+    return "\n".join(lines)
+
+
+def _tfds():
+    """tensorflow_datasets, imported on first use: only tfds: sources need it."""
+    try:
+        import tensorflow_datasets
+    except ImportError as err:
+        raise ConfigError("tfds: data sources need TensorFlow Datasets: pip install tensorflow-datasets") from err
+    return tensorflow_datasets
+
+
+def _prepare_from_manual_dir(builder, name, entry, data_dir, manual_dir):
+    """Prepares `builder` from the archives in `manual_dir`, refusing to start if one is missing
+    (TFDS would try to download it)."""
+    tfds = _tfds()
+
+    folder = Path(manual_dir).expanduser()
+    archives = entry.archives(name.partition("/")[2])
+    missing = [a for a in archives if not (folder / a).is_file()]
+    if not folder.is_dir() or missing:
+        found = "no such folder" if not folder.is_dir() else f"missing: {', '.join(missing)}"
+        raise MissingDatasetError(
+            _missing_message(name, entry, data_dir, manual_dir, f" and data.manual_dir {folder} cannot prepare it "
+                                                                f"({found})"))
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(folder)))
+    except (ImportError, ModuleNotFoundError) as err:
+        raise MissingDatasetError(f"preparing tfds:{name} from {folder} needs a package: {err}; "
+                                  f"pip install {' '.join(entry.needs) or err.name}") from err
+
+
+def _builder(name, data_dir):
+    tfds = _tfds()
+
+    return tfds.builder(name, data_dir=str(Path(data_dir).expanduser()) if data_dir else None)
+
+
+def load_split(name, split, *, data_dir="", manual_dir="", shuffle_files=False, seed=0, decoders=None):
+    """The raw examples (dicts of decoded features) of `split` of the prepared dataset `name`.
+
+    Reads from `data_dir`; if the dataset is not there, prepares it from `manual_dir` when given,
+    else raises MissingDatasetError with the instructions.
+    """
+    tfds = _tfds()
+
+    entry = check_dataset_name(name)
+    builder = _builder(name, data_dir)
+    read_config = tfds.ReadConfig(shuffle_seed=seed)
+
+    def read():
+        return builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
+                                  decoders=decoders)
+
+    try:
+        return read()
+    except AssertionError as err:  # TFDS's way of saying "no prepared data in data_dir"
+        if not manual_dir:
+            raise MissingDatasetError(_missing_message(name, entry, data_dir, manual_dir)) from err
+    _prepare_from_manual_dir(builder, name, entry, data_dir, manual_dir)
+    return read()
+
+
+def to_rgb(image):
+    """uint8 (H, W, C) with C = 1 (grey), 2 (grey + alpha), 3 or 4 (RGBA) -> (H, W, 3); transparency
+    over white, as `segment.load_image` does for files."""
+    channels = image.shape[-1]
+    if channels == 3:
+        return image
+    if channels not in (1, 2, 4):
+        raise ValueError(f"images must have 1, 2, 3 or 4 channels, got shape {image.shape}")
+    colour = image[..., :1] if channels < 3 else image[..., :3]
+    colour = tf.broadcast_to(colour, tf.concat([tf.shape(image)[:2], [3]], 0))
+    if channels == 1:
+        return colour
+    alpha = tf.cast(image[..., -1:], tf.float32) / 255.0
+    over_white = tf.cast(colour, tf.float32) * alpha + 255.0 * (1.0 - alpha)
+    return tf.cast(tf.round(over_white), tf.uint8)
+
+
+def _resize_to_shorter_side(entry, shorter, with_masks, decode_image=None):
+    """example -> uint8 (H', W', 3, or 4 with the 0/1 mask) with min(H', W') == `shorter`."""
+
+    def prepare(example):
+        image = to_rgb(decode_image(example["image"]) if decode_image else example["image"])
+        size = shorter_side_size(tf.shape(image)[0], tf.shape(image)[1], shorter)
+        resized = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
+        pixels = tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)  # (H', W', 3)
+        if not with_masks:
+            return pixels
+        mask = tf.image.resize(tf.cast(entry.mask(example), tf.uint8), size, method="nearest")  # (H', W', 1)
+        return tf.concat([pixels, mask], axis=-1)
+
+    return prepare
+
+
+def tfds_dataset(name, resolution: int, batch_size: int, *, with_masks: bool = False, training: bool = True,
+                 flip: bool = True, crop_scale: float = 1.125, seed: int = 0, cache: bool = False,
+                 shuffle_buffer: int = 10000, data_dir: str = "", manual_dir: str = "", split: str | None = None,
+                 start: int = 0) -> tf.data.Dataset:
+    """Batches of tfds:`name`, like `folder.folder_dataset`: images (B, R, R, 3) float32 in [-1, 1],
+    or {"image", "mask": (B, R, R, 1) of exact 0/1} when `with_masks`.
+
+    split: TFDS split expression; by default the dataset's training split, or its mask split when
+    `with_masks`. training: files and examples shuffled (a buffer of `shuffle_buffer` examples),
+    repeated forever, random crops, flips unless `flip` is False, full batches; `start` skips that
+    many examples of this stream, before decoding them, so a resumed run continues the stream of
+    one that never stopped. Otherwise one pass in the dataset's order, centre crops, the last batch
+    possibly smaller. `cache` keeps the resized images in memory after the first pass.
+    """
+    tfds = _tfds()
+
+    check_crop_scale(crop_scale)
+    entry = check_dataset_name(name)
+    if with_masks and entry.mask is None:
+        raise ValueError(f"tfds:{name} has no ground-truth masks")
+    split = split or (entry.eval_split if with_masks else entry.train_split)
+    skip = start if training and not cache else 0
+    # Skipped examples need not be decoded: decode the image after the skip.
+    decoders = {"image": tfds.decode.SkipDecoding()} if skip else None
+    examples = load_split(name, split, data_dir=data_dir, manual_dir=manual_dir, shuffle_files=training, seed=seed,
+                          decoders=decoders)
+    if training and not cache:
+        examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat().skip(skip)
+    decode = _builder(name, data_dir).info.features["image"].decode_example if skip else None
+    images = examples.map(_resize_to_shorter_side(entry, round(crop_scale * resolution), with_masks, decode),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        images = images.cache()
+        if training:
+            images = images.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat().skip(start)
+
+    def crop(position, pixels):
+        return crop_and_flip(pixels, position, resolution, training=training, flip=flip, seed=seed)
+
+    return (images.enumerate(start if training else 0)
+            .map(crop, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size, drop_remainder=training)
+            .map(lambda pixels: to_floats(pixels, with_masks), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))

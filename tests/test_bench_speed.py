@@ -1,0 +1,46 @@
+"""bench/speed.py: its FLOP count on hand-computed graphs, and one tiny run end to end."""
+
+import json
+
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from helpers import load_script
+
+TINY = ["model.base_width=16", "model.min_width=8", "model.d_base_width=16", "model.d_min_width=8",
+        "train.batch_size=8", "segment.unet_width=4", "segment.unet_depth=2", "loss.penalty_every=4"]
+
+
+def test_graph_flops_of_a_matmul_a_conditional_one_and_an_unused_one():
+    speed = load_script("bench/speed.py")
+
+    @tf.function
+    def step(a, b, due):
+        x = tf.matmul(a, b)  # (2, 3) @ (3, 4): 2 * 2 * 3 * 4 = 48 FLOPs
+        tf.matmul(b, b, transpose_b=True)  # unused: pruned before running, not counted
+        # (2, 4) @ (4, 2): 2 * 2 * 4 * 2 = 32 FLOPs, or a slice (none).
+        return tf.cond(due, lambda: tf.matmul(x, tf.transpose(x)), lambda: x[:, :2])
+
+    specs = [tf.TensorSpec((2, 3)), tf.TensorSpec((3, 4)), tf.TensorSpec((), tf.bool)]
+    assert speed.graph_flops(step.get_concrete_function(*specs).graph) == (48, 32)
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_the_table_and_json(tmp_path):
+    speed = load_script("bench/speed.py")
+    out = tmp_path / "speed.json"
+    args = ["--resolutions", "8", "--seconds", "0.2", "--infer-batch", "4", "--out", str(out)]
+    result = CliRunner().invoke(speed.main, args + [a for o in TINY for a in ("--set", o)])
+    assert result.exit_code == 0, result.output
+    assert "train img/s" in result.output and "infer SavedModel img/s" in result.output
+    report = json.loads(out.read_text())
+    assert report["peak_gflops"] is None or report["peak_gflops"] > 0
+    (row,) = report["results"]
+    train, inference = row["train"], row["inference"]
+    assert row["resolution"] == 8 and train["batch_size"] == 8 and train["timed_steps"] >= 3
+    # The lazy penalty's branch counts a quarter (penalty_every=4) of its FLOPs.
+    assert 0 < train["gflop_per_iteration_penalty_branch"] / 4 < train["gflop_per_iteration"]
+    assert train["gflop_per_s"] == pytest.approx(train["gflop_per_iteration"] * 1000 / train["ms_per_iteration"])
+    assert train["images_per_s"] > 0 and inference["keras_images_per_s"] > 0
+    assert inference["saved_model_images_per_s"] > 0 and inference["method"] == "distilled"
