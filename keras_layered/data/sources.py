@@ -51,15 +51,19 @@ def _real(data, spec, batch_size, *, with_masks=False, training, scan=None, star
                         data_dir=data.data_dir, manual_dir=data.manual_dir, **options)
 
 
+def _scenes(data, batch_size, **kwargs):
+    """Built-in scenes with the scene options of `data` (resolution, difficulty, edges)."""
+    from keras_layered.data.synthetic import synthetic_scenes
+
+    return synthetic_scenes(data.resolution, batch_size, difficulty=data.difficulty, edges=data.edges, **kwargs)
+
+
 def training_dataset(data, batch_size, start=0):
     """Infinite batches (B, R, R, 3) in [-1, 1] of the training images of `data.source`, from image
     number `start` of the stream (a resumed run's steps x batch size)."""
     spec = _spec(data)
     if spec.kind == "synthetic":
-        from keras_layered.data.synthetic import synthetic_scenes
-
-        return synthetic_scenes(data.resolution, batch_size, seed=data.seed, difficulty=data.difficulty,
-                                edges=data.edges, start=start)
+        return _scenes(data, batch_size, seed=data.seed, start=start)
     return _about_source(data, lambda: _real(data, spec, batch_size, training=True, start=start))
 
 
@@ -68,10 +72,7 @@ def reference_dataset(data, batch_size, num_images):
     unflipped, in a fixed order: the real side of FID."""
     spec = _spec(data)
     if spec.kind == "synthetic":
-        from keras_layered.data.synthetic import synthetic_scenes
-
-        return synthetic_scenes(data.resolution, min(batch_size, num_images), seed=data.seed,
-                                difficulty=data.difficulty, edges=data.edges, num_scenes=num_images)
+        return _scenes(data, min(batch_size, num_images), seed=data.seed, num_scenes=num_images)
     # No cache: a partial read (take) of a cached dataset would leave it unfinished.
     uncached = dataclasses.replace(data, cache=False)
     dataset = _about_source(data, lambda: _real(uncached, spec, batch_size, training=False))
@@ -114,10 +115,8 @@ def evaluation_dataset(data, batch_size):
     with masks, or a TFDS dataset's mask split; None when the source has no ground-truth masks."""
     spec = _spec(data)
     if spec.kind == "synthetic":
-        from keras_layered.data.synthetic import synthetic_scenes
-
-        return synthetic_scenes(data.resolution, min(batch_size, data.eval_scenes), seed=data.eval_seed,
-                                difficulty=data.difficulty, edges=data.edges, num_scenes=data.eval_scenes, with_masks=True)
+        return _scenes(data, min(batch_size, data.eval_scenes), seed=data.eval_seed, num_scenes=data.eval_scenes,
+                       with_masks=True)
     if spec.kind == "folder":
         scan = _about_source(data, lambda: _folder_scan_with_masks(data, spec))
         if scan is None:
