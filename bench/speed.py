@@ -1,7 +1,7 @@
 """Speed: images/s of a full training iteration and of segmentation inference, per resolution.
 
     python bench/speed.py                                     # 32, 64, 128 px; table + bench/results/speed.json
-    python bench/speed.py --resolutions 32 --set distribute.mixed_precision=mixed_bfloat16
+    python bench/speed.py --resolutions 32 --set distribute.mixed_precision=none   # float32
     python bench/speed.py --resolutions 32 --set train.jit_compile=true --out /tmp/xla.json
 
 Training: one iteration = `LayeredGAN.train_step` (discriminator step, generator step, EMA update)
@@ -48,8 +48,9 @@ GPU_PEAKS = {"H200": (67_000, 989_000), "H100": (67_000, 989_000), "A100": (19_5
              "L4": (30_300, 121_000), "A10": (31_200, 125_000), "V100": (15_700, 125_000), "T4": (8_100, 65_000)}
 
 
-def cpu_peak():
-    """(GFLOP/s, how it was estimated) of this machine's CPU cores at FP32."""
+def cpu_peak(precision="none"):
+    """(GFLOP/s, how it was estimated) of this machine's CPU cores at FP32, or at bfloat16 under
+    mixed_bfloat16 where the CPU has AVX512_BF16 (its dot product does twice an FMA's FLOPs)."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     lines = [line.split(":", 1) for line in info.splitlines() if ":" in line]
     field = {k.strip(): v.strip() for k, v in reversed(lines)}  # the first processor's values
@@ -64,9 +65,12 @@ def cpu_peak():
         per_cycle, why = 64, "two 512-bit FMA units"
     else:
         per_cycle, why = 32, "two 256-bit FMA pipes"
+    kind = "FP32"
+    if precision == "mixed_bfloat16" and "avx512_bf16" in flags:
+        per_cycle, why, kind = 2 * per_cycle, why + ", doubled by AVX512_BF16 dot products", "BF16"
     if not mhz:
         return None, "unknown: no clock in /proc/cpuinfo"
-    how = (f"{cores} cores x {mhz / 1000:.2f} GHz (/proc/cpuinfo) x {per_cycle} FP32 FLOPs/cycle ({why}); "
+    how = (f"{cores} cores x {mhz / 1000:.2f} GHz (/proc/cpuinfo) x {per_cycle} {kind} FLOPs/cycle ({why}); "
            f"{field.get('model name', platform.processor())}")
     return cores * mhz / 1000 * per_cycle, how
 
@@ -83,7 +87,7 @@ def machine(precision, peak_override):
                f"peak" if known else f"{len(gpus)} x {names[0]}: no peak known, give --peak-gflops")
         device = ", ".join(names)
     else:
-        peak, how = cpu_peak()
+        peak, how = cpu_peak(precision)
         device = f"CPU, {os.cpu_count()} cores"
     if peak_override:
         peak, how = peak_override, "given with --peak-gflops"
@@ -236,7 +240,8 @@ def main(config_path, overrides, resolutions, seconds, infer_batch, peak_gflops,
     warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
     base = load_config(config_path, overrides)
     distribute.make_strategy(base.distribute.strategy)  # first TensorFlow op (multi_worker needs it)
-    info = machine(base.distribute.mixed_precision, peak_gflops)
+    precision = distribute.resolve_precision(base.distribute.mixed_precision)
+    info = machine(precision, peak_gflops)
     load_before = os.getloadavg()
     results = []
     for res in [int(r) for r in resolutions.split(",")]:
@@ -250,13 +255,13 @@ def main(config_path, overrides, resolutions, seconds, infer_batch, peak_gflops,
     report = {
         **info,
         "config": str(config_path), "overrides": list(overrides),
-        "mixed_precision": base.distribute.mixed_precision, "jit_compile": base.train.jit_compile,
+        "mixed_precision": precision, "jit_compile": base.train.jit_compile,
         "strategy": base.distribute.strategy,
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "results": results,
     }
     print(f"\n{info['device']}; peak {info['peak_gflops'] or '?'} GFLOP/s ({info['peak_estimate']}); "
-          f"mixed_precision={base.distribute.mixed_precision}, jit_compile={base.train.jit_compile}; "
+          f"mixed_precision={precision}, jit_compile={base.train.jit_compile}; "
           f"load average {report['load_average_before_after'][0]} -> {report['load_average_before_after'][1]}")
     print(table(results, info["peak_gflops"]))
     print("(n): images per second of this process' CPU time")

@@ -180,13 +180,7 @@ def test_mirrored_strategy_on_two_devices_matches_one_device(tmp_path):
 # --- mixed precision -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_policy():
-    yield
-    keras.mixed_precision.set_dtype_policy("float32")
-
-
-def test_set_precision_rejects_unknown_names(restore_policy):
+def test_set_precision_rejects_unknown_names():
     with pytest.raises(ValueError, match="mixed_precision must be one of"):
         distribute.set_precision("float16")
     distribute.set_precision("mixed_bfloat16")
@@ -195,8 +189,30 @@ def test_set_precision_rejects_unknown_names(restore_policy):
     assert keras.mixed_precision.dtype_policy().name == "float32"
 
 
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse avx2 fma avx512f avx512_bf16", True),
+    ("fpu sse avx2 fma amx_bf16 amx_tile", True),
+    ("fpu sse avx2 fma avx512f avx512bw", False),  # AVX-512 without its bfloat16 extension
+])
+def test_cpu_has_bfloat16_reads_the_cpu_flags(flags, expected, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert distribute.cpu_has_bfloat16(str(cpuinfo)) is expected
+    assert distribute.cpu_has_bfloat16(str(tmp_path / "missing")) is False
+
+
+@pytest.mark.parametrize("has_bf16, expected", [(True, "mixed_bfloat16"), (False, "none")])
+def test_auto_precision_is_bfloat16_only_on_cpus_that_have_it(has_bf16, expected, monkeypatch):
+    monkeypatch.setattr(distribute, "_resolved", {})
+    monkeypatch.setattr(distribute, "cpu_has_bfloat16", lambda: has_bf16)
+    assert distribute.resolve_precision("auto") == expected
+    assert distribute.resolve_precision("mixed_float16") == "mixed_float16"  # explicit names pass through
+    distribute.set_precision("auto")
+    assert keras.mixed_precision.dtype_policy().name == {"none": "float32"}.get(expected, expected)
+
+
 @pytest.mark.parametrize("precision, compute", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
-def test_mixed_precision_gan_step_keeps_outputs_and_variables_float32(precision, compute, restore_policy, tmp_path):
+def test_mixed_precision_gan_step_keeps_outputs_and_variables_float32(precision, compute, tmp_path):
     gan = build_layered_gan(tiny_config(distribute={"mixed_precision": precision}))
     conv = gan.generator.background_branch.layers[3]
     assert conv.compute_dtype == compute and conv.variable_dtype == "float32"
@@ -225,7 +241,7 @@ def test_mixed_precision_gan_step_keeps_outputs_and_variables_float32(precision,
                                atol=0.02)
 
 
-def test_mixed_float16_segmentation_step_is_loss_scaled(restore_policy):
+def test_mixed_float16_segmentation_step_is_loss_scaled():
     cfg = tiny_config(distribute={"mixed_precision": "mixed_float16"})
     keras.utils.set_random_seed(1)
     from keras_layered.training.build import build_generator
