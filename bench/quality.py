@@ -59,8 +59,8 @@ def main(config_path, overrides, seeds, ablation, out_dir):
     out_dir = Path(out_dir)
     variants = [("shift", ())] + ([("no-shift", ("perturb.max_shift=0",))] if ablation else [])
     rows = []
-    for seed in [int(s) for s in seeds.split(",")]:
-        for variant, extra in variants:
+    for variant, extra in variants:  # every seed of the recipe first, then the ablation
+        for seed in [int(s) for s in seeds.split(",")]:
             run_dir = out_dir / f"{variant}_seed{seed}"
             cfg, results, seconds = run_one(config_path, [*overrides, *extra, f"train.seed={seed}"], run_dir)
             for method, scores in results.items():
@@ -69,18 +69,21 @@ def main(config_path, overrides, seeds, ablation, out_dir):
                              "segment_steps": cfg.segment.steps, "run": str(run_dir)})
             click.echo(f"{variant} seed {seed}: " + ", ".join(
                 f"{m} {s['mean_iou']:.3f}" for m, s in results.items()) + f" ({seconds / 60:.1f} min)")
+            write_json(out_dir, rows)  # after every run, so an interrupted benchmark keeps what finished
 
     click.echo(f"\n{'variant':<10}{'seed':>5}  {'method':<10}{'mean IoU':>9}{'Dice':>7}{'minutes':>9}{'steps (gan+seg)':>17}")
     for r in rows:
         click.echo(f"{r['variant']:<10}{r['seed']:>5}  {r['method']:<10}{r['mean_iou']:>9.3f}{r['dice']:>7.3f}"
                    f"{r['wall_s'] / 60:>9.1f}{r['gan_steps']:>9}+{r['segment_steps']}")
-    summary = summary_rows(rows)
     click.echo(f"\n{'variant':<10}{'method':<10}{'seeds':>6}{'min':>7}{'median':>8}{'max':>7}")
-    for s in summary:
+    for s in summary_rows(rows):
         click.echo(f"{s['variant']:<10}{s['method']:<10}{s['seeds']:>6}{s['min']:>7.3f}{s['median']:>8.3f}{s['max']:>7.3f}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "quality.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n")
     click.echo(f"wrote {out_dir / 'quality.json'}")
+
+
+def write_json(out_dir, rows):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "quality.json").write_text(json.dumps({"rows": rows, "summary": summary_rows(rows)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ class SegmentConfig:
     steps: int = 1000
     steps_per_epoch: int = 250
     batch_size: int = 64
-    lr: float = 5e-4  # Adam, betas (0.9, 0.99), for both networks
+    lr: float = 5e-4  # Adam, betas (0.9, 0.99), for both networks ...
+    lr_decay: bool = False  # ... decayed linearly to 0 over segment.steps
     encoder_base_width: int = 128  # encoder channels at 4x4, halved per level up, floored at ...
     encoder_min_width: int = 32
     latent_weight: float = 1.0  # ||E(G(z)) - z||^2 on generated images
@@ -106,6 +107,7 @@ class SegmentConfig:
     refine_lr: float = 0.02  # their step size
     perceptual_weight: float = 0.0  # L1 between VGG16 features of G(E(x)) and x; needs ...
     perceptual_weights: str = ""  # ... a local VGG16 notop weights file (.h5), e.g. keras' cache
+    visible_threshold: float = 0.0  # U-Net targets: mask > 0.5 where |foreground - background| > this (0 = off)
     unet_width: int = 32  # U-Net channels at full resolution, doubled per level down
     unet_depth: int = 3
     checkpoint_every: int = 250
@@ -183,6 +185,8 @@ def _check_ranges(cfg):
         ("segment.encoder_min_width", 1 <= cfg.segment.encoder_min_width <= cfg.segment.encoder_base_width,
          "in [1, segment.encoder_base_width]"),
         ("segment.unet_width", cfg.segment.unet_width >= 1, ">= 1"),
+        ("segment.visible_threshold", 0.0 <= cfg.segment.visible_threshold < 2.0,
+         "in [0, 2): a difference of pixel values in [-1, 1]"),
         ("segment.unet_depth", 1 <= cfg.segment.unet_depth and res % 2**cfg.segment.unet_depth == 0,
          ">= 1 with data.resolution divisible by 2**depth"),
         ("segment.perceptual_weight", cfg.segment.perceptual_weight >= 0, ">= 0"),

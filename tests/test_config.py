@@ -156,6 +156,8 @@ def test_section_that_is_not_a_mapping():
         ("train.steps=0", "train.steps"),
         ("model.min_width=256", "model.min_width"),  # more than base_width 128
         ("loss.adversarial=wgan", "loss.adversarial"),
+        ("distribute.mixed_precision=bf16", "distribute.mixed_precision"),
+        ("segment.visible_threshold=-0.1", "segment.visible_threshold"),
     ],
 )
 def test_out_of_range_names_the_key(override, key):

@@ -123,6 +123,49 @@ def test_unet_only_trainer_and_its_call():
     assert masks.shape == (2, RES, RES, 1) and np.all((masks >= 0) & (masks <= 1))
 
 
+def test_distillation_target_hand_values():
+    from keras_layered.training.segmentation import distillation_target
+
+    mask = np.array([0.9, 0.9, 0.9, 0.4], np.float32).reshape(1, 2, 2, 1)
+    foreground = np.array([[0.5, 0.0, 0.0], [0.1, 0.1, -0.05], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], np.float32)
+    background = np.zeros((1, 2, 2, 3), np.float32)
+    foreground = foreground.reshape(1, 2, 2, 3)
+    # mask > 0.5: [1, 1, 1, 0]; largest channel difference: [0.5, 0.1, 0.0, 1.0]
+    off = keras.ops.convert_to_numpy(distillation_target(mask, foreground, background))
+    np.testing.assert_array_equal(off.ravel(), [1, 1, 1, 0])
+    on = keras.ops.convert_to_numpy(distillation_target(mask, foreground, background, visible_threshold=0.2))
+    np.testing.assert_array_equal(on.ravel(), [1, 0, 0, 0])  # the 2nd and 3rd look like the background
+
+
+def test_trainer_passes_visible_threshold_to_the_unet_target(monkeypatch):
+    from keras_layered.training import segmentation
+
+    seen = []
+    original = segmentation.distillation_target
+    monkeypatch.setattr(segmentation, "distillation_target",
+                        lambda *args: seen.append(args[3]) or original(*args))
+    t = trainer(generator(), encoder=False, visible_threshold=0.3)
+    t.fit(real_images(), steps_per_epoch=1, epochs=1, verbose=0)
+    assert seen and all(v == 0.3 for v in seen)
+    from keras_layered.training.build import build_segmentation_trainer
+
+    assert build_segmentation_trainer(tiny_config(visible_threshold=0.25), generator()).visible_threshold == 0.25
+
+
+def test_lr_decay_reaches_zero_at_the_last_segmentation_step():
+    from keras_layered.training.build import build_segmentation_trainer
+
+    t = build_segmentation_trainer(tiny_config(steps=4, lr=1e-3, lr_decay=True), generator())
+    t.fit(real_images(), steps_per_epoch=3, epochs=1, verbose=0)
+    for optimizer in (t.encoder_optimizer, t.unet_optimizer):
+        assert float(optimizer.learning_rate) == pytest.approx(1e-3 * (1 - 3 / 4), rel=1e-5)
+    t.fit(real_images(), steps_per_epoch=1, epochs=1, verbose=0)
+    assert float(t.unet_optimizer.learning_rate) == 0.0
+    constant = build_segmentation_trainer(tiny_config(steps=4, lr=1e-3), generator())
+    constant.fit(real_images(), steps_per_epoch=3, epochs=1, verbose=0)
+    assert float(constant.unet_optimizer.learning_rate) == pytest.approx(1e-3)
+
+
 def test_trainer_needs_a_network_and_its_optimizer():
     with pytest.raises(ValueError, match="encoder, a unet or both"):
         SegmentationTrainer(generator())

@@ -124,11 +124,14 @@ def build_segmentation_trainer(cfg, generator):
         feature_extractor=features,
         perceptual_weight=s.perceptual_weight,
         max_shift=cfg.perturb.max_shift,
+        visible_threshold=s.visible_threshold,
         seed=cfg.train.seed,
     )
 
     def adam():
-        return keras.optimizers.Adam(s.lr, beta_1=0.9, beta_2=0.99)
+        # Linear decay: the last iterates average out the noise of single steps.
+        lr = keras.optimizers.schedules.PolynomialDecay(s.lr, s.steps, end_learning_rate=0.0) if s.lr_decay else s.lr
+        return keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.99)
 
     trainer.compile(encoder_optimizer=adam() if encoder else None, unet_optimizer=adam() if unet else None,
                     jit_compile=cfg.train.jit_compile)

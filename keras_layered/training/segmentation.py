@@ -10,6 +10,23 @@ from keras_layered.layers import RandomShift, composite
 from keras_layered.models.generator_inversion import GeneratorInversion
 
 
+def distillation_target(mask, foreground, background, visible_threshold=0.0):
+    """The U-Net's target on a generated composite: 1 where the mask is above 0.5 and, with a
+    `visible_threshold` > 0, the foreground differs from the background it covers by more than
+    that (largest channel difference, images in [-1, 1]), else 0.
+
+    Why the second condition: the generator's masks reach a pixel or so beyond the object it
+    draws, with a foreground there painted like the surrounding background (a shift barely shows
+    it on a smooth background). Taught that halo, the U-Net draws it around real objects too; a
+    pixel where the foreground looks like the background is not visibly part of the object.
+    """
+    target = ops.cast(mask > 0.5, "float32")
+    if not visible_threshold:
+        return target
+    difference = ops.max(ops.abs(foreground - background), axis=-1, keepdims=True)
+    return target * ops.cast(difference > visible_threshold, "float32")
+
+
 class SegmentationTrainer(keras.Model):
     """Trains segmentation networks from a frozen layered generator; `fit` on real images.
 
@@ -18,7 +35,7 @@ class SegmentationTrainer(keras.Model):
       BCE(mask(G(E(G(z)))), mask(G(z))) on generated images, whose latent and exact mask are
       known, plus L1 reconstruction |composite(G(E(x))) - x| of the real batch;
     - distilled U-Net (beyond the paper): BCE on the randomly shifted generated composites against
-      their shifted masks (thresholded at 0.5), the images the discriminator judged realistic.
+      their shifted masks (`distillation_target`), the images the discriminator judged realistic.
 
     The generator is frozen explicitly (`trainable = False`) and never in an optimizer.
 
@@ -30,12 +47,13 @@ class SegmentationTrainer(keras.Model):
         feature_extractor, perceptual_weight: optional frozen image -> features model (e.g.
             `vgg16_features`) and the weight of the L1 between features of G(E(x)) and x.
         max_shift: random shift of the U-Net's training composites (fraction of the size).
+        visible_threshold: see `distillation_target` (0 = the mask alone).
         seed: seed of z sampling and the shift.
     """
 
     def __init__(self, generator, encoder=None, unet=None, latent_weight=1.0, mask_weight=1.0,
                  reconstruction_weight=1.0, feature_extractor=None, perceptual_weight=0.0, max_shift=0.125,
-                 seed=None, **kwargs):
+                 visible_threshold=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         if encoder is None and unet is None:
             raise ValueError("SegmentationTrainer: give an encoder, a unet or both.")
@@ -50,6 +68,7 @@ class SegmentationTrainer(keras.Model):
         self.reconstruction_weight = reconstruction_weight
         self.feature_extractor = feature_extractor
         self.perceptual_weight = perceptual_weight if feature_extractor is not None else 0.0
+        self.visible_threshold = visible_threshold
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.random_shift = RandomShift(max_shift, seed=None if seed is None else seed + 1, name="random_shift")
         shape = (None, generator.resolution, generator.resolution, 3)
@@ -101,7 +120,8 @@ class SegmentationTrainer(keras.Model):
         if self.unet is not None:
             # The perturbation of the GAN stage: the composites the discriminator judged realistic.
             foreground, mask = self.random_shift([layers["foreground"], layers["mask"]], training=True)
-            terms.update(self._unet_step(composite(layers["background"], foreground, mask), mask))
+            target = distillation_target(mask, foreground, layers["background"], self.visible_threshold)
+            terms.update(self._unet_step(composite(layers["background"], foreground, mask), target))
         for name, value in terms.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
@@ -131,8 +151,7 @@ class SegmentationTrainer(keras.Model):
         self.encoder_optimizer.apply_gradients(zip(grads, variables))
         return {**terms, "encoder_loss": loss}
 
-    def _unet_step(self, images, mask):
-        target = ops.cast(mask > 0.5, "float32")
+    def _unet_step(self, images, target):
         variables = self.unet.trainable_variables
         with tf.GradientTape() as tape:
             loss = losses.mask_cross_entropy(self.unet(images, training=True), target)
