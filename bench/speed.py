@@ -50,7 +50,8 @@ GPU_PEAKS = {"H200": (67_000, 989_000), "H100": (67_000, 989_000), "A100": (19_5
 
 def cpu_peak(precision="none"):
     """(GFLOP/s, how it was estimated) of this machine's CPU cores at FP32, or at bfloat16 under
-    mixed_bfloat16 where the CPU has AVX512_BF16 (its dot product does twice an FMA's FLOPs)."""
+    mixed_bfloat16 where the CPU has AVX512_BF16 (its dot product does twice an FMA's FLOPs; AMX
+    tiles do far more, which this estimate leaves out: give --peak-gflops on such CPUs)."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     lines = [line.split(":", 1) for line in info.splitlines() if ":" in line]
     field = {k.strip(): v.strip() for k, v in reversed(lines)}  # the first processor's values

@@ -11,6 +11,7 @@
 Outside a multi-replica context, and on other backends, the draws are plain `keras.random` draws.
 """
 
+import functools
 import json
 import logging
 import os
@@ -118,24 +119,31 @@ def resolve_precision(name):
         raise ValueError(f"distribute.mixed_precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
     if name != "auto":
         return name
-    if name not in _resolved:
-        _resolved[name] = _fastest_precision()
-        logging.getLogger("keras_layered").info("distribute.mixed_precision=auto: %s on this machine", _resolved[name])
-    return _resolved[name]
+    return _fastest_precision()
 
 
-_resolved = {}
-
-
+@functools.cache
 def _fastest_precision():
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+    capability = _gpu_capability()
+    if capability is not None:
+        name = "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "none"
+    else:
+        name = "mixed_bfloat16" if cpu_has_bfloat16() else "none"
+    logging.getLogger("keras_layered").info("distribute.mixed_precision=auto: %s on this machine", name)
+    return name
 
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
-            return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "none"
-    return "mixed_bfloat16" if cpu_has_bfloat16() else "none"
+
+def _gpu_capability():
+    """The first GPU's CUDA compute capability (major, minor); (0, 0) for a GPU that reports none
+    (not NVIDIA); None without a GPU or off TensorFlow."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0))
 
 
 def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(autouse=True)
 def float32_policy():
     """Every test starts and ends in float32: building from a config sets Keras' process-global
-    dtype policy (`distribute.mixed_precision`, "auto" in the shipped configs)."""
+    dtype policy (`distribute.mixed_precision`, "auto" in configs/synthetic.yaml)."""
     keras.mixed_precision.set_dtype_policy("float32")
     yield
     keras.mixed_precision.set_dtype_policy("float32")

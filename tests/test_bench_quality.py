@@ -1,7 +1,9 @@
-"""bench/quality.py runs end to end on a tiny budget (its numbers are not checked here)."""
+"""bench/quality.py runs end to end on a tiny budget (its numbers are not checked here); bench/mask_calibration.py."""
 
 import json
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 from helpers import load_script
 
@@ -34,3 +36,25 @@ def test_quality_bench_runs_seeds_and_the_ablation_on_a_tiny_budget(tmp_path):
     summary = {(s["variant"], s["method"]): s for s in report["summary"]}
     assert len(summary) == 4 and all(s["seeds"] == 2 and s["min"] <= s["median"] <= s["max"] for s in summary.values())
     assert "median" in result.output and "no-shift" in result.output
+
+
+def test_mask_calibration_hand_values():
+    calibration = load_script("bench/mask_calibration.py").calibration
+    true = np.zeros((2, 4, 4, 1), np.float32)
+    true[:, :2, :2] = 1.0  # 4 pixels each
+    predicted = true * 0.99
+    predicted[:, :3, :3] += (1 - true[:, :3, :3]) * 0.6  # a halo of 5 pixels at 0.6 around each object
+    rows = {t: (iou, ratio) for t, iou, ratio in calibration(predicted, true, thresholds=(0.5, 0.9))}
+    assert rows[0.5] == pytest.approx((4 / 9, 9 / 4))  # the halo counts: IoU 4/9, area 9/4 of the truth
+    assert rows[0.9] == pytest.approx((1.0, 1.0))
+
+
+def test_mask_calibration_runs_on_a_trained_run(tmp_path):
+    from keras_layered.config import load_config
+    from keras_layered.training import run
+
+    run.train(load_config(overrides=[f"{k}={v}" for k, v in TINY.items()]), tmp_path, verbose=0)
+    result = CliRunner().invoke(load_script("bench/mask_calibration.py").main, ["--run", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "encoder (8 held-out scenes)" in result.output and "distilled" in result.output
+    assert len([line for line in result.output.splitlines() if line.strip().startswith("0.")]) == 10

@@ -201,14 +201,36 @@ def test_cpu_has_bfloat16_reads_the_cpu_flags(flags, expected, tmp_path):
     assert distribute.cpu_has_bfloat16(str(tmp_path / "missing")) is False
 
 
-@pytest.mark.parametrize("has_bf16, expected", [(True, "mixed_bfloat16"), (False, "none")])
-def test_auto_precision_is_bfloat16_only_on_cpus_that_have_it(has_bf16, expected, monkeypatch):
-    monkeypatch.setattr(distribute, "_resolved", {})
+@pytest.mark.parametrize("gpu, has_bf16, expected", [
+    (None, True, "mixed_bfloat16"),  # CPU with AVX512_BF16 / AMX
+    (None, False, "none"),  # CPU without: emulated bfloat16 is slower
+    ((9, 0), False, "mixed_bfloat16"),  # Hopper
+    ((8, 0), False, "mixed_bfloat16"),  # Ampere
+    ((7, 5), True, "mixed_float16"),  # Turing: tensor cores, no bfloat16
+    ((6, 1), True, "none"),  # Pascal
+    ((0, 0), True, "none"),  # a GPU that reports no CUDA capability
+])
+def test_auto_precision_is_the_fastest_native_one(gpu, has_bf16, expected, monkeypatch):
+    distribute._fastest_precision.cache_clear()
+    monkeypatch.setattr(distribute, "_gpu_capability", lambda: gpu)
     monkeypatch.setattr(distribute, "cpu_has_bfloat16", lambda: has_bf16)
-    assert distribute.resolve_precision("auto") == expected
-    assert distribute.resolve_precision("mixed_float16") == "mixed_float16"  # explicit names pass through
-    distribute.set_precision("auto")
-    assert keras.mixed_precision.dtype_policy().name == {"none": "float32"}.get(expected, expected)
+    try:
+        assert distribute.resolve_precision("auto") == expected
+        assert distribute.resolve_precision("mixed_float16") == "mixed_float16"  # explicit names pass through
+        distribute.set_precision("auto")
+        assert keras.mixed_precision.dtype_policy().name == {"none": "float32"}.get(expected, expected)
+    finally:
+        distribute._fastest_precision.cache_clear()
+
+
+def test_a_run_records_the_precision_auto_chose(monkeypatch, tmp_path):
+    from keras_layered.config import load_config
+    from keras_layered.training import run
+
+    monkeypatch.setattr(distribute, "_fastest_precision", lambda: "mixed_bfloat16")
+    run.train(tiny_config(distribute={"mixed_precision": "auto"}), tmp_path, stage="gan", verbose=0)
+    assert load_config(tmp_path / "config.yaml").distribute.mixed_precision == "mixed_bfloat16"
+    assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"  # what the run trained in
 
 
 @pytest.mark.parametrize("precision, compute", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])

@@ -152,7 +152,7 @@ def test_trainer_passes_visible_threshold_to_the_unet_target(monkeypatch):
     assert build_segmentation_trainer(tiny_config(visible_threshold=0.25), generator()).visible_threshold == 0.25
 
 
-def test_lr_decay_reaches_zero_at_the_last_segmentation_step():
+def test_lr_decay_is_linear_and_zero_after_the_last_segmentation_step():
     from keras_layered.training.build import build_segmentation_trainer
 
     t = build_segmentation_trainer(tiny_config(steps=4, lr=1e-3, lr_decay=True), generator())
@@ -272,6 +272,18 @@ def test_encoder_stage_resumes_from_its_checkpoint(run, tmp_path, monkeypatch):
         np.testing.assert_array_equal(now, then)
     assert (run_dir / "checkpoints" / "segmentation" / "ckpt-4.index").is_file()
     assert load_config(run_dir / "config.yaml").segment.steps == 4
+
+
+def test_segmentation_stage_with_lr_decay_resumes_on_its_schedule(run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(run.dir, run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / "segmentation")
+    run_module.train(tiny_config(steps=2, lr_decay=True), run_dir, stage="encoder", verbose=0)
+    run_module.train(tiny_config(steps=4, lr_decay=True), run_dir, stage="encoder", verbose=0)
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "segmentation"))
+    assert latest.endswith("ckpt-4")
+    iterations = [name for name, _ in tf.train.list_variables(latest) if name.startswith("unet_optimizer/iter")]
+    assert tf.train.load_variable(latest, iterations[0]) == 4
 
 
 def test_encoder_stage_needs_a_trained_generator(tmp_path):

@@ -4,6 +4,7 @@ Two stages, each resumable: the layered GAN, then the segmentation networks trai
 frozen EMA generator.
 """
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -73,6 +74,10 @@ def train(cfg, run_dir, stage="all", verbose="auto"):
     with strategy.scope():
         generator = _check_generator(cfg, run_dir) if stage == "encoder" else None
     run_dir.mkdir(parents=True, exist_ok=True)
+    # The run's config names the precision it trains in: a resume on other hardware keeps it
+    # (float16 adds loss-scaling state to the checkpoint).
+    precision = distribute.resolve_precision(cfg.distribute.mixed_precision)
+    cfg = dataclasses.replace(cfg, distribute=dataclasses.replace(cfg.distribute, mixed_precision=precision))
     cfg.save(run_dir / "config.yaml")
     if stage in ("gan", "all"):
         train_gan(cfg, run_dir, verbose)
