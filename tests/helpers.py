@@ -1,4 +1,8 @@
-"""Assertions shared by the tests of several layers and models."""
+"""Assertions and fixtures' building blocks shared by several test modules."""
+
+import copy
+
+import numpy as np
 
 
 def assert_config_round_trip(cls, args):
@@ -24,3 +28,32 @@ def load_script(relative_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def config_with(base, **sections):
+    """The config of the dict `base` with some sections' keys overridden, e.g.
+    config_with(TINY, loss={"adversarial": "wgan_gp"})."""
+    from keras_layered.config import config_from_dict
+
+    values = copy.deepcopy(base)
+    for section, overrides in sections.items():
+        values.setdefault(section, {}).update(overrides)
+    return config_from_dict(values)
+
+
+def to_uint8(image):
+    """An image in [-1, 1] back to its integer pixel values."""
+    return np.round((image + 1.0) * 127.5).astype(np.int64)
+
+
+def coded_crop_position(pixels, mask, size):
+    """Checks a size x size crop of a coded test image (red = 6 x column, green = 8 x row, blue > 0
+    inside the mask): its pixels are one contiguous window of the source, mirrored or not, and its
+    mask is the source mask of the same pixels. Returns ((top row, left column), mirrored)."""
+    np.testing.assert_array_equal(pixels[..., 2] > 0, mask[..., 0] == 1)
+    x, y = pixels[..., 0] // 6, pixels[..., 1] // 8
+    step = x[0, 1] - x[0, 0]
+    assert step in (1, -1)
+    np.testing.assert_array_equal(x, x[0, 0] + step * np.arange(size)[None, :].repeat(size, 0))
+    np.testing.assert_array_equal(y, y[0, 0] + np.arange(size)[:, None].repeat(size, 1))
+    return (y[0, 0], x.min()), step == -1

@@ -2,7 +2,6 @@
 device, mixed precision. Multi-device runs use 2 logical CPU devices in a subprocess (they must be
 configured before TensorFlow initialises its devices); no GPU is needed."""
 
-import copy
 import json
 import subprocess
 import sys
@@ -14,7 +13,9 @@ import pytest
 import tensorflow as tf
 
 from keras_layered import distribute
-from keras_layered.config import _CHOICES, config_from_dict
+from helpers import config_with
+
+from keras_layered.config import _CHOICES
 from keras_layered.training.build import build_layered_gan, build_segmentation_trainer
 
 RES, LATENT, BATCH = 8, 8, 4
@@ -30,10 +31,8 @@ TINY = {
 
 
 def tiny_config(**sections):
-    values = copy.deepcopy(TINY)
-    for section, overrides in sections.items():
-        values.setdefault(section, {}).update(overrides)
-    return config_from_dict(values)
+    """TINY with some sections' keys overridden, e.g. tiny_config(loss={"adversarial": "wgan_gp"})."""
+    return config_with(TINY, **sections)
 
 
 def real_dataset():

@@ -1,4 +1,3 @@
-import copy
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_layered.config import config_from_dict
+from helpers import config_with
+
 from keras_layered.layers import composite
 from keras_layered.models.discriminator import Discriminator
 from keras_layered.models.layered_generator import LayeredGenerator
@@ -32,10 +32,7 @@ TINY = {
 
 def tiny_config(**sections):
     """TINY with some sections' keys overridden, e.g. tiny_config(loss={"adversarial": "wgan_gp"})."""
-    values = copy.deepcopy(TINY)
-    for section, overrides in sections.items():
-        values.setdefault(section, {}).update(overrides)
-    return config_from_dict(values)
+    return config_with(TINY, **sections)
 
 
 def real_batch(seed=0, resolution=RES):
