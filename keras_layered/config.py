@@ -103,11 +103,13 @@ class SegmentConfig:
     latent_weight: float = 1.0  # ||E(G(z)) - z||^2 on generated images
     mask_weight: float = 1.0  # BCE(mask(G(E(G(z)))), mask(G(z))) on generated images
     reconstruction_weight: float = 1.0  # L1 |G(E(x)) - x| on real images
+    shifted_fraction: float = 0.0  # of the generated images: randomly shifted, mask term only (in [0, 1))
     refine_steps: int = 50  # served encoder path: Adam steps on each image's latent (reconstruction)
     refine_lr: float = 0.02  # their step size
     perceptual_weight: float = 0.0  # L1 between VGG16 features of G(E(x)) and x; needs ...
     perceptual_weights: str = ""  # ... a local VGG16 notop weights file (.h5), e.g. keras' cache
     visible_threshold: float = 0.0  # U-Net targets: mask > 0.5 where |foreground - background| > this (0 = off)
+    largest_component: bool = False  # served masks: only the largest connected region (one object per image)
     unet_width: int = 32  # U-Net channels at full resolution, doubled per level down
     unet_depth: int = 3
     checkpoint_every: int = 250
@@ -187,6 +189,8 @@ def _check_ranges(cfg):
         ("segment.unet_width", cfg.segment.unet_width >= 1, ">= 1"),
         ("segment.visible_threshold", 0.0 <= cfg.segment.visible_threshold < 2.0,
          "in [0, 2): a difference of pixel values in [-1, 1]"),
+        ("segment.shifted_fraction", 0.0 <= cfg.segment.shifted_fraction < 1.0,
+         "in [0, 1): the unshifted rest trains the latent regression"),
         ("segment.unet_depth", 1 <= cfg.segment.unet_depth and res % 2**cfg.segment.unet_depth == 0,
          ">= 1 with data.resolution divisible by 2**depth"),
         ("segment.perceptual_weight", cfg.segment.perceptual_weight >= 0, ">= 0"),

@@ -12,7 +12,7 @@ from keras_layered.layers import composite
 from keras_layered.models import Encoder, GeneratorInversion, LayeredGenerator, Segmenter, UNet
 
 RES, LATENT = 8, 4
-KINDS = ("unet", "inversion", "refined")
+KINDS = ("unet", "inversion", "refined", "largest")
 GENERATOR_KEYS = ("composite", "background", "foreground", "mask")
 
 
@@ -37,6 +37,8 @@ def segmenters(generator):
             GeneratorInversion(Encoder(RES, LATENT, base_width=16, min_width=8, hidden_dim=16), generator,
                                refine_steps=3), RES
         ),
+        # The largest-component loop (a tf.while_loop) in the served graph.
+        "largest": Segmenter(UNet(RES, width=8, depth=1), RES, largest_component=True),
     }
 
 

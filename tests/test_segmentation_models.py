@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from helpers import assert_config_round_trip
 
+from keras_layered.layers import LargestComponent
 from keras_layered.models.encoder import Encoder
 from keras_layered.models.generator_inversion import GeneratorInversion
 from keras_layered.models.layered_generator import LayeredGenerator
@@ -301,6 +302,22 @@ def test_segmenter_inversion_masks_are_the_inversion_masks(segmenters, inversion
     x = uint8_images(4, seed=12)
     expected = numpy(inversion(x.astype("float32") / 127.5 - 1.0)["mask"])
     np.testing.assert_allclose(numpy(segmenters["inversion"](x)), expected, atol=1e-6)
+
+
+def test_segmenter_largest_component_keeps_one_region_and_survives_saving(tmp_path):
+    keras.utils.set_random_seed(4)
+    network = UNet(RES, width=4, depth=1)
+    plain, largest = Segmenter(network, RES), Segmenter(network, RES, largest_component=True)
+    x = uint8_images(8, seed=14)
+    masks = numpy(plain(x))
+    assert (masks > 0.5).any(axis=(1, 2, 3)).all()
+    expected = numpy(LargestComponent()(masks))
+    assert not np.allclose(expected, masks)  # some images had more than one region
+    np.testing.assert_array_equal(numpy(largest(x)), expected)
+    largest.save(tmp_path / "segmenter.keras")
+    loaded = keras.saving.load_model(tmp_path / "segmenter.keras")
+    assert loaded.largest_component is True
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
 
 
 BAD_SHAPES = {"rgba": (2, RES, RES, 4), "no_batch_axis": (RES, RES, 3), "wrong_size": (2, 2 * RES, 2 * RES, 3),

@@ -21,6 +21,7 @@ from keras_layered.models.encoder import Encoder
 from keras_layered.models.layered_generator import LayeredGenerator
 from keras_layered.models.unet import UNet
 from keras_layered.training import run as run_module
+from keras_layered.training.build import build_segmentation_trainer, build_segmenters
 from keras_layered.training.segmentation import SegmentationTrainer
 
 RES, LATENT, BATCH = 8, 8, 4
@@ -96,6 +97,35 @@ def test_encoder_loss_is_the_weighted_sum_of_its_terms():
     assert "unet_loss" not in logs
 
 
+def test_shifted_fraction_shifts_the_last_generated_images_and_drops_their_latent_term(monkeypatch):
+    """With shifted_fraction 0.5 and a batch of 4: the last 2 generated images go through the random
+    shift (here a stub that moves everything out of view) and count in the mask term only."""
+    from keras_layered.training import segmentation
+
+    seen = {}
+    monkeypatch.setattr(segmentation.losses, "latent_regression_loss",
+                        lambda latent, z: seen.setdefault("latent", (latent, z)) and 0.0)
+    monkeypatch.setattr(segmentation.losses, "mask_cross_entropy",
+                        lambda predicted, target: seen.setdefault("mask", (predicted, target)) and 0.0)
+    g = generator()
+    t = trainer(g, unet=False, shifted_fraction=0.5)
+    shifted = []
+    t.random_shift = lambda tensors, training: shifted.append(tensors) or [x * 0.0 for x in tensors]
+    t.compile(t.encoder_optimizer, run_eagerly=True)
+    t.fit(real_images(), steps_per_epoch=1, epochs=1, verbose=0)
+    latent, z = (keras.ops.convert_to_numpy(x) for x in seen["latent"])
+    assert latent.shape == z.shape == (2, LATENT)
+    assert [tuple(x.shape) for x in shifted[0]] == [(2, RES, RES, 3), (2, RES, RES, 1)]
+    predicted, target = (keras.ops.convert_to_numpy(x) for x in seen["mask"])
+    assert predicted.shape == target.shape == (BATCH, RES, RES, 1)
+    expected_first = keras.ops.convert_to_numpy(g(keras.ops.convert_to_tensor(seen["latent"][1]))["mask"])
+    np.testing.assert_allclose(target[:2], expected_first, atol=1e-6)  # the unshifted generator masks
+    assert target[:2].max() > 0 and not target[2:].any()  # the shifted ones: the stub's
+    with pytest.raises(ValueError, match=r"shifted_fraction must be in \[0, 1\)"):
+        trainer(g, unet=False, shifted_fraction=1.0)
+    assert build_segmentation_trainer(tiny_config(shifted_fraction=0.25), g).shifted_fraction == 0.25
+
+
 def test_encoder_learns_to_invert_the_generator():
     """Latent regression on generated images alone drives ||E(G(z)) - z|| down."""
     from keras_layered.layers import composite
@@ -147,13 +177,11 @@ def test_trainer_passes_visible_threshold_to_the_unet_target(monkeypatch):
     t = trainer(generator(), encoder=False, visible_threshold=0.3)
     t.fit(real_images(), steps_per_epoch=1, epochs=1, verbose=0)
     assert seen and all(v == 0.3 for v in seen)
-    from keras_layered.training.build import build_segmentation_trainer
 
     assert build_segmentation_trainer(tiny_config(visible_threshold=0.25), generator()).visible_threshold == 0.25
 
 
 def test_lr_decay_is_linear_and_zero_after_the_last_segmentation_step():
-    from keras_layered.training.build import build_segmentation_trainer
 
     t = build_segmentation_trainer(tiny_config(steps=4, lr=1e-3, lr_decay=True), generator())
     t.fit(real_images(), steps_per_epoch=3, epochs=1, verbose=0)
@@ -194,10 +222,19 @@ def test_perceptual_weight_needs_an_existing_file(tmp_path):
     with pytest.raises(ConfigError, match="segment.perceptual_weights"):
         tiny_config(perceptual_weight=1.0)
     cfg = tiny_config(perceptual_weight=1.0, perceptual_weights=str(tmp_path / "missing.h5"))
-    from keras_layered.training.build import build_segmentation_trainer
 
     with pytest.raises(ConfigError, match="no file at"):
         build_segmentation_trainer(cfg, generator())
+
+
+@pytest.mark.parametrize("largest", [False, True])
+def test_segmenters_keep_the_largest_region_as_configured(largest):
+    cfg = tiny_config(largest_component=largest)
+    segmenters = build_segmenters(cfg, build_segmentation_trainer(cfg, generator()))
+    assert set(segmenters) == {"encoder", "distilled"}
+    for segmenter in segmenters.values():
+        assert segmenter.largest_component is largest
+        assert (segmenter.keep_largest is not None) is largest
 
 
 def test_served_network_must_be_trained():

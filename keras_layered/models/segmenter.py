@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_layered.layers.largest_component import LargestComponent
+
 
 def to_model_range(images):
     """uint8 images in [0, 255], or float images in [0, 1], -> float32 in [-1, 1].
@@ -70,15 +72,19 @@ class Segmenter(keras.Model):
         network: images (B, H, W, 3) in [-1, 1] -> masks (B, H, W, 1) in [0, 1], or a dict holding
             them under "mask" (e.g. `GeneratorInversion`, `UNet`).
         resolution: the image size the network was trained at.
+        largest_component: keep only the largest connected region of each mask (`LargestComponent`):
+            for images that show one object each.
 
     Call: images (B, resolution, resolution, 3), uint8 in [0, 255] or float in [0, 1] (see
     `to_model_range`) -> masks (B, resolution, resolution, 1) in [0, 1].
     """
 
-    def __init__(self, network, resolution, **kwargs):
+    def __init__(self, network, resolution, largest_component=False, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.resolution = resolution
+        self.largest_component = largest_component
+        self.keep_largest = LargestComponent(name="largest_component") if largest_component else None
 
     def build(self, input_shape):
         check_image_shape(input_shape, self.resolution, "Segmenter")
@@ -93,11 +99,13 @@ class Segmenter(keras.Model):
         from_uint8 = dtype == "uint8"
         images = check_image_shape(ops.cast(images, "float32"), self.resolution, "Segmenter")
         out = self.network(_rescale(images, from_uint8), training=False)
-        return out["mask"] if isinstance(out, dict) else out
+        masks = out["mask"] if isinstance(out, dict) else out
+        return self.keep_largest(masks) if self.keep_largest is not None else masks
 
     def get_config(self):
         config = super().get_config()
-        config.update(network=keras.saving.serialize_keras_object(self.network), resolution=self.resolution)
+        config.update(network=keras.saving.serialize_keras_object(self.network), resolution=self.resolution,
+                      largest_component=self.largest_component)
         return config
 
     @classmethod

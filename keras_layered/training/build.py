@@ -125,6 +125,7 @@ def build_segmentation_trainer(cfg, generator):
         perceptual_weight=s.perceptual_weight,
         max_shift=cfg.perturb.max_shift,
         visible_threshold=s.visible_threshold,
+        shifted_fraction=s.shifted_fraction,
         seed=cfg.train.seed,
     )
 
@@ -148,9 +149,9 @@ def build_segmenters(cfg, trainer):
     if trainer.encoder is not None:
         inversion = GeneratorInversion(trainer.encoder, trainer.generator, refine_steps=cfg.segment.refine_steps,
                                        refine_learning_rate=cfg.segment.refine_lr)
-        segmenters["encoder"] = Segmenter(inversion, res)
+        segmenters["encoder"] = Segmenter(inversion, res, cfg.segment.largest_component)
     if trainer.unet is not None:
-        segmenters["distilled"] = Segmenter(trainer.unet, res)
+        segmenters["distilled"] = Segmenter(trainer.unet, res, cfg.segment.largest_component)
     for segmenter in segmenters.values():
         segmenter.build((None, res, res, 3))
     return segmenters

@@ -33,7 +33,10 @@ class SegmentationTrainer(keras.Model):
     One `train_step`: sample z, generate layers with the frozen generator (inference mode), then
     - encoder E (the paper's path): latent regression ||E(G(z)) - z||^2 and mask consistency
       BCE(mask(G(E(G(z)))), mask(G(z))) on generated images, whose latent and exact mask are
-      known, plus L1 reconstruction |composite(G(E(x))) - x| of the real batch;
+      known, plus L1 reconstruction |composite(G(E(x))) - x| of the real batch. With
+      `shifted_fraction` > 0, that fraction of the generated images is randomly shifted first and
+      keeps only the mask term: real images look like the shifted composites the discriminator
+      judged, whose objects can sit where the unshifted generator rarely puts them;
     - distilled U-Net (beyond the paper): BCE on the randomly shifted generated composites against
       their shifted masks (`distillation_target`), the images the discriminator judged realistic.
 
@@ -46,17 +49,22 @@ class SegmentationTrainer(keras.Model):
         latent_weight, mask_weight, reconstruction_weight: weights of the encoder's loss terms.
         feature_extractor, perceptual_weight: optional frozen image -> features model (e.g.
             `vgg16_features`) and the weight of the L1 between features of G(E(x)) and x.
-        max_shift: random shift of the U-Net's training composites (fraction of the size).
+        max_shift: random shift of the U-Net's training composites and of the encoder's shifted
+            ones (fraction of the size).
+        shifted_fraction: fraction of the encoder's generated images that are shifted, in [0, 1).
         visible_threshold: see `distillation_target` (0 = the mask alone).
         seed: seed of z sampling and the shift.
     """
 
     def __init__(self, generator, encoder=None, unet=None, latent_weight=1.0, mask_weight=1.0,
                  reconstruction_weight=1.0, feature_extractor=None, perceptual_weight=0.0, max_shift=0.125,
-                 visible_threshold=0.0, seed=None, **kwargs):
+                 visible_threshold=0.0, shifted_fraction=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         if encoder is None and unet is None:
             raise ValueError("SegmentationTrainer: give an encoder, a unet or both.")
+        if not 0.0 <= shifted_fraction < 1.0:
+            raise ValueError(f"SegmentationTrainer: shifted_fraction must be in [0, 1) (the rest trains the latent "
+                             f"regression), got {shifted_fraction!r}.")
         self.generator = generator
         self.generator.trainable = False
         self.encoder = encoder
@@ -69,6 +77,7 @@ class SegmentationTrainer(keras.Model):
         self.feature_extractor = feature_extractor
         self.perceptual_weight = perceptual_weight if feature_extractor is not None else 0.0
         self.visible_threshold = visible_threshold
+        self.shifted_fraction = shifted_fraction
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.random_shift = RandomShift(max_shift, seed=None if seed is None else seed + 1, name="random_shift")
         shape = (None, generator.resolution, generator.resolution, 3)
@@ -127,13 +136,20 @@ class SegmentationTrainer(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def _encoder_step(self, real, z, layers):
-        generated = composite(layers["background"], layers["foreground"], layers["mask"])
-        n = tf.shape(generated)[0]
+        n = tf.shape(z)[0]
+        unshifted = n - tf.cast(tf.round(self.shifted_fraction * tf.cast(n, "float32")), "int32")
+        foreground, mask = layers["foreground"], layers["mask"]
+        if self.shifted_fraction:
+            # The last images: shifted, so only their mask is known (the shift is not in z).
+            moved = self.random_shift([foreground[unshifted:], mask[unshifted:]], training=True)
+            foreground = ops.concatenate([foreground[:unshifted], moved[0]], axis=0)
+            mask = ops.concatenate([mask[:unshifted], moved[1]], axis=0)
+        generated = composite(layers["background"], foreground, mask)
         variables = self.encoder.trainable_variables
         with tf.GradientTape() as tape:
             decoded = self.inversion(ops.concatenate([generated, real], axis=0), training=True)  # both halves at once
-            latent_loss = losses.latent_regression_loss(decoded["latent"][:n], z)
-            mask_loss = losses.mask_cross_entropy(decoded["mask"][:n], layers["mask"])
+            latent_loss = losses.latent_regression_loss(decoded["latent"][:unshifted], z[:unshifted])
+            mask_loss = losses.mask_cross_entropy(decoded["mask"][:n], mask)
             reconstruction = decoded["composite"]
             reconstruction_loss = losses.reconstruction_loss(reconstruction[n:], real)
             terms = {"latent_loss": latent_loss, "mask_loss": mask_loss, "reconstruction_loss": reconstruction_loss}
