@@ -121,6 +121,13 @@ def test_keras_round_trip_in_fresh_process(segmenters, generator, fresh, kind):
     np.testing.assert_allclose(fresh[f"{kind}/keras/mask"], expected, atol=1e-5)
 
 
+def test_exported_largest_component_removes_regions(segmenters, fresh):
+    plain = Segmenter(segmenters["largest"].network, RES).predict(inputs()["uint8"], verbose=0)
+    saved = fresh["largest/saved/uint8"]
+    assert ((plain > 0.5) & (saved == 0)).any()  # regions the loop removed, in the served graph
+    np.testing.assert_allclose(saved[saved > 0], plain[saved > 0], atol=1e-5)
+
+
 def test_generator_saved_model_matches_inference_mode(generator, fresh):
     z = inputs()["z"]
     expected = {k: keras.ops.convert_to_numpy(v) for k, v in generator(z, training=False).items()}

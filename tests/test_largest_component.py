@@ -98,6 +98,12 @@ def test_unknown_batch_in_a_tf_function_and_float32_under_bfloat16():
     np.testing.assert_array_equal(out.numpy(), reference(masks))
 
 
+def test_under_xla():
+    masks = np.random.default_rng(3).random((2, 8, 8, 1)).astype("float32")
+    out = tf.function(LargestComponent(), jit_compile=True)(masks)
+    np.testing.assert_array_equal(out.numpy(), reference(masks))
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.0])
 def test_bad_threshold_raises(bad):
     with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\)"):

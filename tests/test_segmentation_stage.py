@@ -99,7 +99,8 @@ def test_encoder_loss_is_the_weighted_sum_of_its_terms():
 
 def test_shifted_fraction_shifts_the_last_generated_images_and_drops_their_latent_term(monkeypatch):
     """With shifted_fraction 0.5 and a batch of 4: the last 2 generated images go through the random
-    shift (here a stub that moves everything out of view) and count in the mask term only."""
+    shift (here a stub that moves the object out of view) and count in the mask term only."""
+    from keras_layered.layers import composite
     from keras_layered.training import segmentation
 
     seen = {}
@@ -111,19 +112,35 @@ def test_shifted_fraction_shifts_the_last_generated_images_and_drops_their_laten
     t = trainer(g, unet=False, shifted_fraction=0.5)
     shifted = []
     t.random_shift = lambda tensors, training: shifted.append(tensors) or [x * 0.0 for x in tensors]
+    inversion = t.inversion
+    t.inversion = lambda images, training: seen.setdefault("images", images) is None or inversion(images, training)
     t.compile(t.encoder_optimizer, run_eagerly=True)
     t.fit(real_images(), steps_per_epoch=1, epochs=1, verbose=0)
+
     latent, z = (keras.ops.convert_to_numpy(x) for x in seen["latent"])
-    assert latent.shape == z.shape == (2, LATENT)
+    assert latent.shape == z.shape == (2, LATENT)  # the unshifted half only
     assert [tuple(x.shape) for x in shifted[0]] == [(2, RES, RES, 3), (2, RES, RES, 1)]
+    layers = {k: keras.ops.convert_to_numpy(v) for k, v in g(keras.ops.convert_to_tensor(z)).items()}
     predicted, target = (keras.ops.convert_to_numpy(x) for x in seen["mask"])
     assert predicted.shape == target.shape == (BATCH, RES, RES, 1)
-    expected_first = keras.ops.convert_to_numpy(g(keras.ops.convert_to_tensor(seen["latent"][1]))["mask"])
-    np.testing.assert_allclose(target[:2], expected_first, atol=1e-6)  # the unshifted generator masks
+    np.testing.assert_allclose(target[:2], layers["mask"], atol=1e-6)  # the unshifted generator masks
     assert target[:2].max() > 0 and not target[2:].any()  # the shifted ones: the stub's
+    images = keras.ops.convert_to_numpy(seen["images"])  # generated, then real
+    assert images.shape == (2 * BATCH, RES, RES, 3)
+    expected = keras.ops.convert_to_numpy(composite(layers["background"], layers["foreground"], layers["mask"]))
+    np.testing.assert_allclose(images[:2], expected, atol=1e-6)
+    assert not np.allclose(images[2:4], images[:2])  # other latents, and composited without the object
+    np.testing.assert_allclose(images[BATCH:], next(iter(real_images())), atol=1e-6)
+
+
+def test_shifted_fraction_keeps_an_unshifted_image_in_graph_mode():
+    """0.9 of a batch of 4 shifts 3 images (floor): the latent term still has one image, so it is finite."""
+    t = trainer(generator(), unet=False, shifted_fraction=0.9)
+    logs = t.fit(real_images(), steps_per_epoch=2, epochs=1, verbose=0).history
+    assert all(np.isfinite(v[-1]) for v in logs.values())
     with pytest.raises(ValueError, match=r"shifted_fraction must be in \[0, 1\)"):
-        trainer(g, unet=False, shifted_fraction=1.0)
-    assert build_segmentation_trainer(tiny_config(shifted_fraction=0.25), g).shifted_fraction == 0.25
+        trainer(generator(), unet=False, shifted_fraction=1.0)
+    assert build_segmentation_trainer(tiny_config(shifted_fraction=0.25), generator()).shifted_fraction == 0.25
 
 
 def test_encoder_learns_to_invert_the_generator():
@@ -182,7 +199,6 @@ def test_trainer_passes_visible_threshold_to_the_unet_target(monkeypatch):
 
 
 def test_lr_decay_is_linear_and_zero_after_the_last_segmentation_step():
-
     t = build_segmentation_trainer(tiny_config(steps=4, lr=1e-3, lr_decay=True), generator())
     t.fit(real_images(), steps_per_epoch=3, epochs=1, verbose=0)
     for optimizer in (t.encoder_optimizer, t.unet_optimizer):

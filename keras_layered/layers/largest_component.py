@@ -39,12 +39,13 @@ class LargestComponent(keras.layers.Layer):
         labels = ops.reshape(ops.arange(1, pixels + 1, dtype="float32"), (1, shape[1], shape[2], 1)) * inside
 
         def spread(labels, _):
-            new = ops.max_pool(labels, 3, strides=1, padding="same") * inside
+            new = ops.max_pool(labels, 3, strides=1, padding="same", data_format="channels_last") * inside
             return new, ops.any(new != labels)
 
         labels, _ = ops.while_loop(lambda _, changed: changed, spread, (labels, ops.array(True)))
         # Area of each (image, label) pair; label 0 (outside) gets area 0 so it is never kept.
-        ids = ops.reshape(ops.cast(labels, "int32") + ops.arange(batch)[:, None, None, None] * (pixels + 1), (-1,))
+        ids = ops.cast(labels, "int64") + ops.arange(batch, dtype="int64")[:, None, None, None] * (pixels + 1)
+        ids = ops.reshape(ids, (-1,))  # int64: batch x pixels may pass 2**31 at large sizes
         areas = ops.segment_sum(ops.reshape(inside, (-1,)), ids, num_segments=batch * (pixels + 1))
         area = ops.reshape(ops.take(areas, ids), shape)
         largest = ops.max(area, axis=(1, 2, 3), keepdims=True)

@@ -84,7 +84,7 @@ class Segmenter(keras.Model):
         self.network = network
         self.resolution = resolution
         self.largest_component = largest_component
-        self.keep_largest = LargestComponent(name="largest_component") if largest_component else None
+        self.keep_largest = LargestComponent(name="keep_largest") if largest_component else None
 
     def build(self, input_shape):
         check_image_shape(input_shape, self.resolution, "Segmenter")

@@ -149,9 +149,9 @@ def build_segmenters(cfg, trainer):
     if trainer.encoder is not None:
         inversion = GeneratorInversion(trainer.encoder, trainer.generator, refine_steps=cfg.segment.refine_steps,
                                        refine_learning_rate=cfg.segment.refine_lr)
-        segmenters["encoder"] = Segmenter(inversion, res, cfg.segment.largest_component)
+        segmenters["encoder"] = Segmenter(inversion, res, largest_component=cfg.segment.largest_component)
     if trainer.unet is not None:
-        segmenters["distilled"] = Segmenter(trainer.unet, res, cfg.segment.largest_component)
+        segmenters["distilled"] = Segmenter(trainer.unet, res, largest_component=cfg.segment.largest_component)
     for segmenter in segmenters.values():
         segmenter.build((None, res, res, 3))
     return segmenters

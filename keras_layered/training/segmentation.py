@@ -137,10 +137,12 @@ class SegmentationTrainer(keras.Model):
 
     def _encoder_step(self, real, z, layers):
         n = tf.shape(z)[0]
-        unshifted = n - tf.cast(tf.round(self.shifted_fraction * tf.cast(n, "float32")), "int32")
+        # floor: at least one image stays unshifted (fraction < 1), so the latent term is never empty.
+        unshifted = n - tf.cast(tf.floor(self.shifted_fraction * tf.cast(n, "float32")), "int32")
         foreground, mask = layers["foreground"], layers["mask"]
         if self.shifted_fraction:
-            # The last images: shifted, so only their mask is known (the shift is not in z).
+            # The last images: shifted, so only their mask is known (the shift is not in z). Under
+            # tf.distribute, the last of each replica's rows: as random a choice, not the same rows.
             moved = self.random_shift([foreground[unshifted:], mask[unshifted:]], training=True)
             foreground = ops.concatenate([foreground[:unshifted], moved[0]], axis=0)
             mask = ops.concatenate([mask[:unshifted], moved[1]], axis=0)
