@@ -113,7 +113,7 @@ def test_shifted_fraction_shifts_the_last_generated_images_and_drops_their_laten
     shifted = []
     t.random_shift = lambda tensors, training: shifted.append(tensors) or [x * 0.0 for x in tensors]
     inversion = t.inversion
-    t.inversion = lambda images, training: seen.setdefault("images", images) is None or inversion(images, training)
+    t.inversion = lambda images, training: seen.setdefault("images", images) is None or inversion(images, training=training)
     t.compile(t.encoder_optimizer, run_eagerly=True)
     t.fit(real_images(), steps_per_epoch=1, epochs=1, verbose=0)
 
