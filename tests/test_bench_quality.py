@@ -49,12 +49,31 @@ def test_mask_calibration_hand_values():
     assert rows[0.9] == pytest.approx((1.0, 1.0))
 
 
-def test_mask_calibration_runs_on_a_trained_run(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
     from keras_layered.config import load_config
     from keras_layered.training import run
 
-    run.train(load_config(overrides=[f"{k}={v}" for k, v in TINY.items()]), tmp_path, verbose=0)
-    result = CliRunner().invoke(load_script("bench/mask_calibration.py").main, ["--run", str(tmp_path)])
+    run_dir = tmp_path_factory.mktemp("run")
+    run.train(load_config(overrides=[f"{k}={v}" for k, v in TINY.items()]), run_dir, verbose=0)
+    return run_dir
+
+
+def test_mask_calibration_runs_on_a_trained_run(tiny_run):
+    result = CliRunner().invoke(load_script("bench/mask_calibration.py").main, ["--run", str(tiny_run)])
     assert result.exit_code == 0, result.output
     assert "encoder (8 held-out scenes)" in result.output and "distilled" in result.output
     assert len([line for line in result.output.splitlines() if line.strip().startswith("0.")]) == 10
+
+
+def test_refine_steps_scores_each_step_count_on_validation_scenes(tiny_run):
+    main = load_script("bench/refine_steps.py").main
+    result = CliRunner().invoke(main, ["--run", str(tiny_run), "--steps", "0,3", "--eval-seed", "7"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["0", "3"]
+    assert all(0.0 <= float(row[1]) <= 1.0 for row in rows)
+    assert "8 validation scenes (seed 7)" in result.output
+    # The reported scenes' seed is refused: choosing on them would be peeking.
+    result = CliRunner().invoke(main, ["--run", str(tiny_run), "--eval-seed", "12345"])
+    assert result.exit_code == 2 and "pick another seed" in result.output
