@@ -104,16 +104,29 @@ def test_shifted_fraction_shifts_the_last_generated_images_and_drops_their_laten
     from keras_layered.training import segmentation
 
     seen = {}
-    monkeypatch.setattr(segmentation.losses, "latent_regression_loss",
-                        lambda latent, z: seen.setdefault("latent", (latent, z)) and 0.0)
-    monkeypatch.setattr(segmentation.losses, "mask_cross_entropy",
-                        lambda predicted, target: seen.setdefault("mask", (predicted, target)) and 0.0)
+
+    def loss_spy(key):
+        def loss(*args):
+            seen.setdefault(key, args)  # the first step's arguments
+            return 0.0
+        return loss
+
+    monkeypatch.setattr(segmentation.losses, "latent_regression_loss", loss_spy("latent"))
+    monkeypatch.setattr(segmentation.losses, "mask_cross_entropy", loss_spy("mask"))
     g = generator()
     t = trainer(g, unet=False, shifted_fraction=0.5)
     shifted = []
-    t.random_shift = lambda tensors, training: shifted.append(tensors) or [x * 0.0 for x in tensors]
+
+    def out_of_view(tensors, training):
+        shifted.append(tensors)
+        return [x * 0.0 for x in tensors]
+
+    def inversion_spy(images, training):
+        seen.setdefault("images", images)
+        return inversion(images, training=training)
+
     inversion = t.inversion
-    t.inversion = lambda images, training: seen.setdefault("images", images) is None or inversion(images, training=training)
+    t.random_shift, t.inversion = out_of_view, inversion_spy
     t.compile(t.encoder_optimizer, run_eagerly=True)
     t.fit(real_images(), steps_per_epoch=1, epochs=1, verbose=0)
 
