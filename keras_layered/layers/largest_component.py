@@ -14,9 +14,8 @@ class LargestComponent(keras.layers.Layer):
     are left as they are, so soft masks stay soft. Regions tied for the largest are all kept.
 
     Components are found by label propagation: every pixel above the threshold starts with its own
-    label (its raster index) and takes the largest label of its 3x3 neighbourhood, then the label of
-    the pixel its label points to (pointer jumping, which cuts the number of rounds), until nothing
-    changes; then each label's area is counted.
+    label and takes the largest label of its 3x3 neighbourhood until nothing changes (a loop of
+    max-pools, as many as the longest path inside a region), then each label's area is counted.
 
     Args:
         threshold: a pixel belongs to the object where mask > threshold.
@@ -39,15 +38,8 @@ class LargestComponent(keras.layers.Layer):
         # Labels 1..H*W in raster order (exact in float32 up to 4096 x 4096 images), 0 outside.
         labels = ops.reshape(ops.arange(1, pixels + 1, dtype="float32"), (1, shape[1], shape[2], 1)) * inside
 
-        flat_inside = ops.reshape(inside, (batch, pixels))
-
         def spread(labels, _):
             new = ops.max_pool(labels, 3, strides=1, padding="same", data_format="channels_last") * inside
-            # Pointer jumping: a label is the raster index of a pixel of the same region whose own label
-            # is at least as large, so taking that pixel's label is a valid, often long, step forward.
-            flat = ops.reshape(new, (batch, pixels))
-            pointed = ops.maximum(ops.cast(flat, "int32") - 1, 0)
-            new = ops.reshape(ops.take_along_axis(flat, pointed, axis=1) * flat_inside, shape)
             return new, ops.any(new != labels)
 
         labels, _ = ops.while_loop(lambda _, changed: changed, spread, (labels, ops.array(True)))
