@@ -416,3 +416,24 @@ def test_train_gan_with_all_steps_done_trains_no_further(first_run, tmp_path):
     assert int(gan.g_optimizer.iterations.numpy()) == 4
     for now, saved in zip(snapshot(gan)["ema"], first_run.state["ema"]):
         np.testing.assert_array_equal(now, saved)
+
+
+@pytest.mark.parametrize("generator", ["dcgan", "style"])
+def test_sample_grids_take_no_random_numbers_from_training(generator, tmp_path):
+    from keras_layered.training.callbacks import SampleGrid, seed_states
+
+    gan = build_layered_gan(tiny_config(model={"generator": generator, "mapping_layers": 2},
+                                        perturb={"bg_contrast_jitter": 0.3}))
+    grids = SampleGrid(tmp_path, every=1, num_check=4)
+    grids.set_model(gan)
+    grids.on_train_begin()
+    before = values(seed_states(gan))
+    assert len(before) == 3 + (generator == "style") * 2  # z, shift, jitter (+ each style generator's noise)
+    grids.write(1)
+    grids.write(2)
+    for a, b in zip(before, values(seed_states(gan))):
+        np.testing.assert_array_equal(a, b)
+    # Same weights, same grid: the shifted column's draws are the grid's own, fixed ones.
+    assert (tmp_path / "samples" / "step_000001.png").read_bytes() == (tmp_path / "samples" / "step_000002.png").read_bytes()
+    grid = np.asarray(Image.open(tmp_path / "samples" / "step_000001.png"))[::96 // RES, ::96 // RES]
+    assert not np.array_equal(grid[:, :RES], grid[:, 4 * RES:]), "the last column is perturbed"

@@ -58,7 +58,13 @@ class SampleGrid(keras.callbacks.Callback):
             self.write(step)
 
     def write(self, step):
-        grid = layer_grid(self.model, self.z[: self.num_rows])
+        # A generator drawing noise at inference (the style one) would advance its random state:
+        # put it back, so a grid on a checkpoint step leaves nothing for a resumed run to miss.
+        with random_states_kept(self.model):
+            self._write(step)
+
+    def _write(self, step):
+        grid = layer_grid(self.model, self.z[: self.num_rows], seed=self.seed)
         zoom = max(1, 96 // self.model.generator.resolution)
         picture = Image.fromarray(grid)
         picture.resize((picture.width * zoom, picture.height * zoom), Image.NEAREST).save(
@@ -198,3 +204,16 @@ class Checkpoint(keras.callbacks.Callback):
 def seed_states(model):
     """The state variables of every `keras.random.SeedGenerator` of `model`, in model order."""
     return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+@contextlib.contextmanager
+def random_states_kept(model):
+    """Restores the states of `model`'s random generators on leaving: what runs inside takes no
+    random numbers from the sequences training continues with."""
+    states = seed_states(model)
+    saved = [keras.ops.convert_to_numpy(v).copy() for v in states]
+    try:
+        yield
+    finally:
+        for variable, value in zip(states, saved):
+            variable.assign(value)
