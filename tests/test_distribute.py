@@ -303,3 +303,21 @@ def test_mixed_float16_segmentation_step_is_loss_scaled():
     assert any(not np.array_equal(a, b) for a, b in zip(before, numpy_weights(trainer.unet)))
     masks = trainer.unet(np.zeros((1, RES, RES, 3), np.float32))
     assert keras.backend.standardize_dtype(masks.dtype) == "float32"
+
+
+def test_mixed_float16_segmentation_step_counter_counts_a_skipped_step(monkeypatch):
+    cfg = tiny_config(distribute={"mixed_precision": "mixed_float16"})
+    keras.utils.set_random_seed(1)
+    from keras_layered.training.build import build_generator
+
+    trainer = build_segmentation_trainer(cfg, build_generator(cfg))
+    factor = tf.Variable(1.0, trainable=False)  # inf: every gradient of that step non-finite
+    apply = keras.optimizers.LossScaleOptimizer.apply
+    monkeypatch.setattr(keras.optimizers.LossScaleOptimizer, "apply",
+                        lambda self, grads, variables=None: apply(self, [g * factor for g in grads], variables))
+    skip_first = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda batch, logs: factor.assign(float("inf") if batch == 0 else 1.0))
+    history = trainer.fit(real_dataset(), epochs=1, steps_per_epoch=3, verbose=0, callbacks=[skip_first]).history
+    assert all(np.isfinite(v[-1]) for v in history.values())
+    assert int(trainer.step.numpy()) == 3
+    assert [int(o.iterations.numpy()) for o in (trainer.encoder_optimizer, trainer.unet_optimizer)] == [2, 2]

@@ -205,7 +205,7 @@ def test_penalty_every_applies_penalty_on_due_steps_only():
 def test_d_step_alone_changes_only_the_discriminator():
     gan = build_layered_gan(tiny_config())
     before = snapshot(gan)
-    terms = tf.function(lambda real: gan._d_step(real, gan.fakes(tf.shape(real)[0])))(tf.constant(real_batch()))
+    terms = tf.function(lambda real: gan._d_step(real, gan.fakes(tf.shape(real)[0]), 0))(tf.constant(real_batch()))
     after = snapshot(gan)
     assert np.isfinite(float(terms["d_loss"]))
     assert all(changed(before["d"], after["d"]))
@@ -437,3 +437,41 @@ def test_sample_grids_take_no_random_numbers_from_training(generator, tmp_path):
     assert (tmp_path / "samples" / "step_000001.png").read_bytes() == (tmp_path / "samples" / "step_000002.png").read_bytes()
     grid = np.asarray(Image.open(tmp_path / "samples" / "step_000001.png"))[::96 // RES, ::96 // RES]
     assert not np.array_equal(grid[:, :RES], grid[:, 4 * RES:]), "the last column is perturbed"
+
+
+def linear_float16_gan(gain):
+    """A LayeredGAN under mixed_float16 whose D(x) = gain * sum(w * x): the sum in float16, the
+    gain in float32; every input's gradient is gain * w."""
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    w = np.linspace(0.005, 0.02, RES * RES * 3).astype("float32")
+    discriminator = keras.Sequential([
+        keras.Input((RES, RES, 3)), keras.layers.Flatten(),
+        keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(w[:, None])),
+        keras.layers.Rescaling(gain, dtype="float32"),
+    ])
+    gan = LayeredGAN(LayeredGenerator(resolution=RES, latent_dim=LATENT, base_width=16, min_width=8),
+                     discriminator, r1_gamma=5.0, penalty_every=4)
+    gan.compile(g_optimizer=keras.optimizers.Adam(), d_optimizer=keras.optimizers.Adam())
+    assert isinstance(gan.d_optimizer, keras.optimizers.LossScaleOptimizer)
+    return gan, w
+
+
+def test_float16_penalty_gradient_is_loss_scaled_so_it_does_not_underflow():
+    # gain * w is 5e-9 .. 2e-8, below float16's smallest positive number (6e-8): unscaled, the
+    # float16 gradient is exactly 0; scaled by the D optimizer's 2^15 it is a normal float16.
+    gan, w = linear_float16_gan(1e-6)
+    real = tf.constant(real_batch())
+    penalty, overflow = gan._lazy_penalty(real, real)
+    expected = 4 * 0.5 * 5.0 * float(np.sum((1e-6 * w.astype("float64")) ** 2))  # penalty_every x R1
+    assert not bool(overflow)
+    assert float(penalty) == pytest.approx(expected, rel=1e-2)
+
+
+def test_float16_penalty_gradient_overflow_skips_the_d_step():
+    gan, _ = linear_float16_gan(1e4)  # 1e4 x 2^15 overflows float16
+    before = values(gan.discriminator.trainable_weights)
+    real = tf.constant(real_batch())
+    terms = tf.function(lambda: gan._d_step(real, real, 0))()
+    assert float(terms["d_penalty"]) == 0.0 and np.isfinite(float(terms["d_loss"])), "logged finite"
+    assert not any(changed(before, values(gan.discriminator.trainable_weights))), "step skipped"
+    assert float(gan.d_optimizer.dynamic_scale.numpy()) == 2.0**14, "the loss scale lowered"

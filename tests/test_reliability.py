@@ -57,20 +57,23 @@ def assert_same_state(a, b):
         np.testing.assert_array_equal(x, y, err_msg=f"variable {i}")
 
 
-def checkpoint_step(directory, optimizer="g_optimizer"):
-    """The latest checkpoint in `directory` and the step stored in it (its `optimizer`'s count)."""
+def checkpoint_step(directory, counter="g_optimizer"):
+    """The latest checkpoint in `directory` and the step stored in it: the count of `counter`, an
+    optimizer's or, for "gan" / "trainer", the trainer's own step counter."""
     latest = tf.train.latest_checkpoint(str(directory))
-    step = tf.train.load_variable(latest, f"{optimizer}/_iterations/.ATTRIBUTES/VARIABLE_VALUE") if latest else None
+    name = "step" if counter in ("gan", "trainer") else "_iterations"
+    step = tf.train.load_variable(latest, f"{counter}/{name}/.ATTRIBUTES/VARIABLE_VALUE") if latest else None
     return latest, step
 
 
 def signal_at(monkeypatch, step, signum=signal.SIGTERM):
-    """Sends `signum` to this process once, at the end of training step `step`, as `kill` would."""
+    """Sends `signum` to this process once, at the end of training step `step` (the trainer's
+    count), as `kill` would."""
     original = Checkpoint.on_train_batch_end
     sent = []
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == step and not sent:
+        if int(self.model.step.numpy()) == step and not sent:
             sent.append(step)
             os.kill(os.getpid(), signum)
         return original(self, batch, logs)
@@ -158,6 +161,60 @@ def test_segmentation_stage_resumes_mid_epoch_and_ends_at_its_steps(tmp_path, mo
     assert checkpoint_step(run_dir / "checkpoints" / "segmentation", "unet_optimizer") == (
         str(run_dir / "checkpoints" / "segmentation" / "ckpt-4"), 4)
     assert_same_state(state(resumed), state(reference_trainer))
+
+
+def skip_step(monkeypatch, step):
+    """Makes every gradient of training step `step` (from 1, counted in this process) non-finite,
+    the loss values staying finite: a float16 loss-scale optimizer skips that step."""
+    factor = tf.Variable(1.0, trainable=False)
+    batches = []
+    apply = keras.optimizers.LossScaleOptimizer.apply
+    monkeypatch.setattr(keras.optimizers.LossScaleOptimizer, "apply",
+                        lambda self, grads, variables=None: apply(self, [g * factor for g in grads], variables))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        batches.append(batch)
+        factor.assign(float("inf") if len(batches) == step else 1.0)
+
+    monkeypatch.setattr(Checkpoint, "on_train_batch_begin", on_train_batch_begin, raising=False)
+    return batches.clear  # counts from 0 again, for the next run
+
+
+def recorded_data_starts(monkeypatch):
+    starts = []
+
+    def recording(cfg, batch_size=None, start=0):
+        starts.append(start)
+        return build_dataset(cfg, batch_size, start)
+
+    monkeypatch.setattr(run_module, "build_dataset", recording)
+    return starts
+
+
+@pytest.mark.slow
+def test_float16_skipped_step_still_counts_for_checkpoints_data_and_resume(tmp_path, monkeypatch):
+    cfg = config_from_dict({**tiny_config().to_dict(), "distribute": {"mixed_precision": "mixed_float16"}})
+    starts = recorded_data_starts(monkeypatch)
+    restart_count = skip_step(monkeypatch, 2)  # a D step due for the lazy penalty (penalty_every 2) comes after it
+    gan = run_module.train_gan(cfg, tmp_path / "uninterrupted", verbose=0)
+    assert sorted(p.name for p in (tmp_path / "uninterrupted" / "checkpoints").glob("*.index")) == [
+        "ckpt-4.index", "ckpt-6.index"], "numbered by steps run, the skipped one included"
+    assert [int(o.iterations.numpy()) for o in (gan.g_optimizer, gan.d_optimizer)] == [5, 5], "one update skipped"
+    assert int(gan.step.numpy()) == 6 and float(gan.g_optimizer.dynamic_scale.numpy()) == 2.0**14
+    uninterrupted = state(gan)
+
+    run_dir = tmp_path / "run"
+    restart_count()
+    undo = signal_at(monkeypatch, 5)
+    with pytest.raises(TrainingInterrupted, match="saved step 5"):
+        run_module.train_gan(cfg, run_dir, verbose=0)
+    undo()
+    del starts[:]
+    gan = run_module.train_gan(cfg, run_dir, verbose=0)
+    assert starts == [5 * BATCH], "resumed at the data of step 6"
+    assert int(gan.step.numpy()) == 6 and int(gan.g_optimizer.iterations.numpy()) == 5
+    assert checkpoint_step(run_dir / "checkpoints", "gan")[1] == 6
+    assert_same_state(state(gan), uninterrupted)
 
 
 def test_second_signal_stops_at_once(tmp_path):
@@ -255,6 +312,20 @@ def test_checkpoint_restores_random_generator_states_and_reads_older_checkpoints
         step = Checkpoint(tmp_path / "old", 1, lambda m: {"model": m, "optimizer": m.optimizer}).restore(
             dropout_model(seed=2))
     assert step == 3 and "random draws restart from the seed" in caplog.text
+
+
+def test_checkpoint_without_a_step_counter_resumes_at_the_optimizers_count(tmp_path):
+    old = dropout_model(seed=1)
+    old.optimizer.iterations.assign(3)
+
+    def objects(m):
+        return {"model": m, "optimizer": m.optimizer}
+
+    tf.train.CheckpointManager(tf.train.Checkpoint(**objects(old)), tmp_path, 1).save(checkpoint_number=3)
+    new = dropout_model(seed=1)
+    new.step = keras.Variable(0, dtype="int64", trainable=False, name="step")  # as the trainers have
+    assert Checkpoint(tmp_path, 1, objects).restore(new) == 3
+    assert int(new.step.numpy()) == 3
 
 
 cli = load_script("cli.py")

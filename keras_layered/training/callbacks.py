@@ -19,8 +19,10 @@ log = logging.getLogger("keras_layered")
 
 
 def _step(model):
-    # A trainer's main optimizer counts its steps (the generator's, for a LayeredGAN).
-    return int(model.optimizer.iterations.numpy())
+    # The trainers count every step, float16 ones a loss-scale optimizer skipped too; a plain
+    # Keras model, its optimizer's updates.
+    counter = getattr(model, "step", None)
+    return int((model.optimizer.iterations if counter is None else counter).numpy())
 
 
 class SampleGrid(keras.callbacks.Callback):
@@ -133,11 +135,19 @@ class Checkpoint(keras.callbacks.Callback):
         latest = tf.train.latest_checkpoint(str(self.directory))
         if latest:
             saved = dict(objects)
-            if rng and not any(name.startswith("rng/") for name, _ in tf.train.list_variables(latest)):
+            names = [name for name, _ in tf.train.list_variables(latest)]
+            if rng and not any(name.startswith("rng/") for name in names):
                 log.warning("%s predates saved random-generator states: random draws restart from the seed",
                             latest)
                 del saved["rng"]
-            tf.train.Checkpoint(**saved).restore(latest).assert_existing_objects_matched()
+            status = tf.train.Checkpoint(**saved).restore(latest)
+            counter = getattr(model, "step", None)
+            if counter is not None and not any(name.endswith("/step/.ATTRIBUTES/VARIABLE_VALUE") for name in names):
+                # Written before the trainers had their own step counter: the optimizer counted.
+                status.expect_partial()
+                counter.assign(model.optimizer.iterations)
+            else:
+                status.assert_existing_objects_matched()
         self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(**objects), self.directory, self.max_to_keep)
         self.last_saved = _step(model) if latest else None
         return _step(model)

@@ -85,6 +85,10 @@ class LayeredGAN(keras.Model):
         self.ema_decay = ema_decay
         self.d_steps = d_steps
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # The run's clock: checkpoint numbers, the data offset on resume, the penalty schedule, the
+        # EMA ramp. Not the optimizers' `iterations`: a float16 loss-scale optimizer skipping a
+        # non-finite step does not count it.
+        self.step = keras.Variable(0, dtype="int64", trainable=False, aggregation="only_first_replica", name="step")
         seeds = (None, None) if seed is None else (seed + 1, seed + 2)
         self.shift = RandomShift(max_shift, seed=seeds[0], name="random_shift")
         self.jitter = BackgroundContrastJitter(bg_contrast_jitter, seed=seeds[1], name="bg_jitter")
@@ -103,7 +107,6 @@ class LayeredGAN(keras.Model):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     def compile(self, g_optimizer, d_optimizer, **kwargs):
-        # The generator's optimizer doubles as `self.optimizer`, so `iterations` counts G steps.
         # Under mixed_float16 both are loss-scaled (before Keras' compile, which would wrap only one).
         g_optimizer = distribute.with_loss_scale(g_optimizer, self.dtype_policy)
         d_optimizer = distribute.with_loss_scale(d_optimizer, self.dtype_policy)
@@ -134,9 +137,11 @@ class LayeredGAN(keras.Model):
 
     def train_step(self, data):
         real = data["image"] if isinstance(data, dict) else keras.utils.unpack_x_y_sample_weight(data)[0]
-        for _ in range(self.d_steps - 1):
-            self._d_step(real, self.fakes(tf.shape(real)[0]))
-        d_terms, g_terms = self._d_and_g_step(real)
+        d_step = self.step * self.d_steps  # discriminator steps before this one
+        for i in range(self.d_steps - 1):
+            self._d_step(real, self.fakes(tf.shape(real)[0]), d_step + i)
+        d_terms, g_terms = self._d_and_g_step(real, d_step + self.d_steps - 1)
+        self.step.assign_add(1)
         self._update_ema()
         for name, value in {**d_terms, **g_terms}.items():
             self.trackers[name].update_state(value)
@@ -146,31 +151,36 @@ class LayeredGAN(keras.Model):
         """Perturbed composites of fresh latents, as the discriminator sees them."""
         return self.perturb_and_composite(self.generator(self.sample_latents(batch_size), training=True))
 
-    def _d_and_g_step(self, real):
+    def _d_and_g_step(self, real, d_step):
         """One generator forward pass serves both players: its perturbed composites train D (as
-        constants), then, through the updated D, the generator."""
+        constants), then, through the updated D, the generator. `d_step`: see `_d_step`."""
         z = self.sample_latents(tf.shape(real)[0])
         with tf.GradientTape() as tape:
             layers = self.generator(z, training=True)
             fake = self.perturb_and_composite(layers)
             with tape.stop_recording():
-                d_terms = self._d_step(real, tf.stop_gradient(fake))
+                d_terms = self._d_step(real, tf.stop_gradient(fake), d_step)
             g_terms = self._g_terms(layers, fake)
             scaled_loss = self.g_optimizer.scale_loss(g_terms["g_loss"] * distribute.replica_scale())
         variables = self.generator.trainable_variables
         self.g_optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
         return d_terms, g_terms
 
-    def _d_step(self, real, fake):
+    def _d_step(self, real, fake, d_step):
+        """One discriminator step, number `d_step` (from 0) of the run: the lazy penalty is due on
+        every `penalty_every`-th."""
         variables = self.discriminator.trainable_variables
-        penalty_due = tf.equal(self.d_optimizer.iterations % self.penalty_every, 0)
+        penalty_due = tf.equal(d_step % self.penalty_every, 0)
         with tf.GradientTape() as tape:
             real_logits = self.discriminator(real, training=True)
             fake_logits = self.discriminator(fake, training=True)
             adversarial = self._d_adversarial(real_logits, fake_logits)
-            penalty = tf.cond(penalty_due, lambda: self._lazy_penalty(real, fake), lambda: tf.constant(0.0))
+            penalty, overflow = tf.cond(penalty_due, lambda: self._lazy_penalty(real, fake),
+                                        lambda: (tf.constant(0.0), tf.constant(False)))
             loss = adversarial + penalty
             scaled_loss = self.d_optimizer.scale_loss(loss * distribute.replica_scale())
+            # NaN gradients: the loss-scale optimizer skips the step and lowers its scale.
+            scaled_loss *= tf.where(overflow, float("nan"), 1.0)
         grads = tape.gradient(scaled_loss, variables)
         self.d_optimizer.apply_gradients(zip(grads, variables))
         return {
@@ -183,16 +193,28 @@ class LayeredGAN(keras.Model):
 
     def _lazy_penalty(self, real, fake):
         """R1 at real images or GP at interpolates, weighted by `penalty_every`: lazy
-        regularisation (Karras et al. 2020) pays for the double backward pass only every few steps."""
+        regularisation (Karras et al. 2020) pays for the double backward pass only every few steps.
+
+        Under float16 the inner gradient is loss-scaled like the loss (D's output times the loss
+        scale, the gradient divided by it), else small gradients underflow to 0 in float16.
+        Returns (penalty, overflow): where the scaled gradient overflowed, 0 and True (the step
+        is then skipped, as any overflowed float16 step).
+        """
         if self._penalty_at_interpolates:
             eps = distribute.uniform((tf.shape(real)[0], 1, 1, 1), self.seed_generator)
             inputs = eps * real + (1.0 - eps) * fake
         else:
             inputs = real
+        scale = self.d_optimizer.scale_loss(tf.constant(1.0))  # 1 unless loss-scaled
         with tf.GradientTape() as tape:
             tape.watch(inputs)
-            logit_sum = tf.reduce_sum(self.discriminator(inputs, training=True))
-        return self._penalty(tape.gradient(logit_sum, inputs)) * float(self.penalty_every)
+            scaled_sum = tf.reduce_sum(self.discriminator(inputs, training=True)) * scale
+        gradients = tape.gradient(scaled_sum, inputs) / scale
+        penalty = self._penalty(gradients) * float(self.penalty_every)
+        # Only a loss-scaled step can be skipped; unscaled, a non-finite penalty is logged as such.
+        loss_scaled = isinstance(self.d_optimizer, keras.optimizers.LossScaleOptimizer)
+        overflow = tf.logical_and(loss_scaled, tf.logical_not(tf.math.is_finite(penalty)))
+        return tf.where(overflow, 0.0, penalty), overflow
 
     def _g_terms(self, layers, fake):
         """The generator's loss terms: fool D on the perturbed composites, keep the mask alive and binary."""
@@ -219,7 +241,7 @@ class LayeredGAN(keras.Model):
     def _update_ema(self):
         # Ramp-up as tf.train.ExponentialMovingAverage(num_updates): early samples are not
         # dominated by the random initial weights.
-        step = ops.cast(self.g_optimizer.iterations, "float32")
+        step = ops.cast(self.step, "float32")
         decay = ops.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
         for ema_weight, weight in zip(self.generator_ema.trainable_weights, self.generator.trainable_weights):
             ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)

@@ -80,6 +80,9 @@ class SegmentationTrainer(keras.Model):
         self.shifted_fraction = shifted_fraction
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.random_shift = RandomShift(max_shift, seed=None if seed is None else seed + 1, name="random_shift")
+        # The stage's clock (checkpoints, data offset), which counts float16 steps a loss-scale
+        # optimizer skipped too (see LayeredGAN).
+        self.step = keras.Variable(0, dtype="int64", trainable=False, aggregation="only_first_replica", name="step")
         shape = (None, generator.resolution, generator.resolution, 3)
         for network in (encoder, unet):
             if network is not None and not network.built:
@@ -131,6 +134,7 @@ class SegmentationTrainer(keras.Model):
             foreground, mask = self.random_shift([layers["foreground"], layers["mask"]], training=True)
             target = distillation_target(mask, foreground, layers["background"], self.visible_threshold)
             terms.update(self._unet_step(composite(layers["background"], foreground, mask), target))
+        self.step.assign_add(1)
         for name, value in terms.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
