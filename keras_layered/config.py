@@ -61,7 +61,7 @@ class LossConfig:
     r1_gamma: float = 5.0  # nonsaturating only
     gp_weight: float = 10.0  # wgan_gp only
     drift: float = 0.001  # wgan_gp only
-    penalty_every: int = 16  # R1 / GP every this many D steps, weighted by it (lazy regularisation)
+    penalty_every: int = 16  # R1 every this many D steps, weighted by it (lazy regularisation); 1 for wgan_gp
     min_mask_coverage: float = 0.15  # hinge keeps the mean mask above this
     mask_coverage_weight: float = 2.0
     binarization_weight: float = 0.5  # pushes mask values to 0 or 1
@@ -167,6 +167,9 @@ def _check_ranges(cfg):
          "in [1, model.d_base_width]"),
         ("model.style_mixing_prob", 0.0 <= cfg.model.style_mixing_prob <= 1.0, "in [0, 1]"),
         ("loss.penalty_every", cfg.loss.penalty_every >= 1, ">= 1"),
+        ("loss.penalty_every", cfg.loss.adversarial != "wgan_gp" or cfg.loss.penalty_every == 1,
+         "1 with loss.adversarial=wgan_gp (its gradient penalty belongs to every critic step; lazy "
+         "regularisation is for R1, loss.adversarial=nonsaturating)"),
         ("train.steps", cfg.train.steps >= 1, ">= 1"),
         ("train.steps_per_epoch", cfg.train.steps_per_epoch >= 1, ">= 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),

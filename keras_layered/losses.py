@@ -73,9 +73,16 @@ def reconstruction_loss(reconstructions, images):
     return ops.mean(ops.abs(reconstructions - images))
 
 
+def mask_cross_entropy_from_logits(mask_logits, target_masks):
+    """Binary cross-entropy of masks sigmoid(x) against target masks t in [0, 1], from the logits x:
+    log(1 + exp(x)) - t x, computed stably; exact where sigmoid(x) rounds to 0 or 1, where the
+    clipped probabilities of `mask_cross_entropy` have no gradient."""
+    return ops.mean(ops.binary_crossentropy(target_masks, mask_logits, from_logits=True))
+
+
 def mask_cross_entropy(predicted_masks, target_masks, epsilon=1e-6):
     """Binary cross-entropy -t log p - (1 - t) log(1 - p) of predicted masks p in [0, 1] against
-    target masks t in [0, 1], with p clipped to [epsilon, 1 - epsilon] (generators output
-    probabilities, not logits)."""
+    target masks t in [0, 1], with p clipped to [epsilon, 1 - epsilon], for masks known only as
+    probabilities (the generator's); `mask_cross_entropy_from_logits` where the logits are at hand."""
     p = ops.clip(predicted_masks, epsilon, 1.0 - epsilon)
     return ops.mean(-target_masks * ops.log(p) - (1.0 - target_masks) * ops.log(1.0 - p))

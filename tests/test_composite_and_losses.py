@@ -211,6 +211,24 @@ def test_mask_cross_entropy_hand_values():
     assert value(losses.mask_cross_entropy(p, t)) == pytest.approx(expected, rel=1e-5)
 
 
+def test_mask_cross_entropy_from_logits_hand_values_and_gradient():
+    # BCE(x, t) = log(1 + e^x) - t x per pixel.
+    x = np.array([-30.0, 0.0, 2.0, 30.0, -1.0], np.float32).reshape(1, 1, 5, 1)
+    t = np.array([1.0, 0.5, 0.0, 0.0, 1.0], np.float32).reshape(1, 1, 5, 1)
+    expected = np.mean([30.0, math.log(2.0), math.log(1.0 + math.e**2), 30.0, math.log(1.0 + math.e)])
+    logits = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = losses.mask_cross_entropy_from_logits(logits, t)
+    assert value(loss) == pytest.approx(expected, rel=1e-6)  # 30, where clipped probabilities give 13.8
+    # d/dx = (sigmoid(x) - t) / pixels: -1/5 at the saturated wrong pixel, not 0.
+    np.testing.assert_allclose(tape.gradient(loss, logits).numpy() * 5, 1.0 / (1.0 + np.exp(-x)) - t, atol=1e-6)
+    # The probability form where nothing is clipped.
+    middle = x[..., 1:3, :]
+    assert value(losses.mask_cross_entropy_from_logits(middle, t[..., 1:3, :])) == pytest.approx(
+        value(losses.mask_cross_entropy(1.0 / (1.0 + np.exp(-middle)), t[..., 1:3, :])), rel=1e-5)
+
+
 def test_mask_cross_entropy_is_finite_for_saturated_masks():
     p = np.array([0.0, 1.0], np.float32).reshape(1, 1, 2, 1)
     t = np.array([1.0, 0.0], np.float32).reshape(1, 1, 2, 1)

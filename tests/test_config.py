@@ -211,6 +211,13 @@ def test_empty_file_gives_defaults(tmp_path):
     assert load_config(path) == Config()
 
 
+def test_lazy_gradient_penalty_is_refused_with_wgan_gp():
+    with pytest.raises(ConfigError, match=r"loss.penalty_every must be 1 with loss.adversarial=wgan_gp .*got 16"):
+        load_config(overrides=["loss.adversarial=wgan_gp"])  # penalty_every's default is 16
+    assert load_config(overrides=["loss.adversarial=wgan_gp", "loss.penalty_every=1"]).loss.penalty_every == 1
+    assert load_config(overrides=["loss.penalty_every=4"]).loss.penalty_every == 4  # lazy R1
+
+
 def test_save_load_round_trip(tmp_path):
     cfg = load_config(
         overrides=[
@@ -220,6 +227,7 @@ def test_save_load_round_trip(tmp_path):
             "perturb.max_shift=0.2",
             "perturb.bg_contrast_jitter=0.3",
             "loss.adversarial=wgan_gp",
+            "loss.penalty_every=1",
             "train.g_lr=0.00001",
             "train.steps=12",
             "train.jit_compile=true",
@@ -269,5 +277,6 @@ def test_cli_train_rejects_a_bad_config_before_building_or_writing_anything(args
     result = CliRunner().invoke(load_script("cli.py").main, ["train", "--out", str(out), *args])
     assert result.exit_code == 2, result.output  # a usage error
     assert expected in result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not out.exists(), "nothing is written for a bad config"

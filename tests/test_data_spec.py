@@ -2,6 +2,7 @@
 evaluation and FID, and used by `train --data` and `evaluate --data` as a new user runs them."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,16 @@ def test_config_accepts_every_form(source):
 def test_config_rejects_other_sources_naming_the_key(source, hint):
     with pytest.raises(ConfigError, match=f"data.source: .*{hint}"):
         load_config(overrides=[f"data.source={source}"])
+
+
+def test_every_example_of_the_accepted_forms_is_accepted():
+    with pytest.raises(ValueError) as info:
+        parse_data_spec("nothing")
+    examples = re.findall(r"e\.g\. (\S+)(?: or (\S+))?", str(info.value))
+    examples = [e for pair in examples for e in pair if e]
+    assert len(examples) == 4, str(info.value)
+    for example in examples:
+        assert load_config(overrides=[f"data.source={example}"]).data.source == example
 
 
 @pytest.mark.parametrize("override, key", [("data.crop_scale=0.9", "data.crop_scale"),

@@ -370,7 +370,7 @@ def test_bad_arguments_raise(images_and_masks, kwargs):
     (" folder:data/CUB_200_2011 ", DataSpec("folder", "data/CUB_200_2011")),
     ("folder:C:/data:2024", DataSpec("folder", "C:/data:2024")),  # split on the first ":" only
     ("tfds:caltech_birds2011", DataSpec("tfds", "caltech_birds2011")),
-    ("tfds:coco/2017", DataSpec("tfds", "coco/2017")),
+    ("tfds:lsun/car", DataSpec("tfds", "lsun/car")),
 ])
 def test_parse_data_spec(text, spec):
     assert parse_data_spec(text) == spec

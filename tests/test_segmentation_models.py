@@ -131,6 +131,13 @@ def test_unet_output_shape_and_range(unet):
     assert np.all(np.isfinite(mask))
 
 
+def test_unet_masks_are_the_sigmoid_of_the_logits_training_reads(unet):
+    x = images(2, 16, scale=10.0)
+    logits = numpy(unet.mask_logits(x))
+    assert logits.min() < 0.0, "logits, not probabilities"
+    np.testing.assert_array_equal(numpy(unet(x)), numpy(keras.ops.sigmoid(logits)))
+
+
 def test_unet_mask_varies_per_pixel_and_moves_with_the_image(unet):
     x = images(1, 16, seed=4)
     mask = numpy(unet(x))[0, ..., 0]

@@ -14,7 +14,7 @@ __all__ = ["DataSpec", "parse_data_spec"]
 
 _FORMS = ("synthetic                e.g. synthetic\n"
           "  folder:PATH              e.g. folder:data/CUB_200_2011\n"
-          "  tfds:NAME[/CONFIG]       e.g. tfds:caltech_birds2011 or tfds:coco/2017")
+          "  tfds:NAME[/CONFIG]       e.g. tfds:caltech_birds2011 or tfds:lsun/car")
 
 
 @dataclasses.dataclass(frozen=True)

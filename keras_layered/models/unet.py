@@ -62,6 +62,11 @@ class UNet(keras.Model):
         self.to_mask.build((b, h, w, self.width))
 
     def call(self, images, training=False):
+        """(B, H, W, 1) masks in [0, 1] of images (B, H, W, 3) in [-1, 1]."""
+        return ops.sigmoid(self.mask_logits(images, training=training))
+
+    def mask_logits(self, images, training=False):
+        """The logits of `call`'s masks: what training's cross-entropy reads (numerically stable)."""
         skips, x = [], images
         for block in self.down_blocks:
             x = block(x, training=training)
@@ -72,7 +77,7 @@ class UNet(keras.Model):
             x = ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)  # nearest-neighbour x2
             x = keras.activations.leaky_relu(self.up_convs[i](x), 0.2)
             x = self.up_blocks[i](ops.concatenate([x, skips[i]], axis=-1), training=training)
-        return ops.sigmoid(self.to_mask(x))
+        return self.to_mask(x)
 
     def get_config(self):
         config = super().get_config()

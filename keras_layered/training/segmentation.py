@@ -176,7 +176,7 @@ class SegmentationTrainer(keras.Model):
     def _unet_step(self, images, target):
         variables = self.unet.trainable_variables
         with tf.GradientTape() as tape:
-            loss = losses.mask_cross_entropy(self.unet(images, training=True), target)
+            loss = losses.mask_cross_entropy_from_logits(self.unet.mask_logits(images, training=True), target)
             scaled_loss = self.unet_optimizer.scale_loss(loss * distribute.replica_scale())
         grads = tape.gradient(scaled_loss, variables)
         self.unet_optimizer.apply_gradients(zip(grads, variables))
