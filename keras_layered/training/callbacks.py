@@ -58,7 +58,9 @@ class SampleGrid(keras.callbacks.Callback):
             self.write(step)
 
     def write(self, step):
-        grid = layer_grid(self.model, self.z[: self.num_rows])
+        with self.model.refreshed_ema_statistics():
+            grid = layer_grid(self.model, self.z[: self.num_rows])
+            masks = keras.ops.convert_to_numpy(self.model(self.z)["mask"])
         zoom = max(1, 96 // self.model.generator.resolution)
         picture = Image.fromarray(grid)
         picture.resize((picture.width * zoom, picture.height * zoom), Image.NEAREST).save(
@@ -66,7 +68,6 @@ class SampleGrid(keras.callbacks.Callback):
         )
         with self.writer.as_default():
             tf.summary.image("layers (composite | bg | fg | mask | shifted)", grid[None], step=step)
-        masks = keras.ops.convert_to_numpy(self.model(self.z)["mask"])
         for message in diagnose_masks(masks):
             log.warning("step %d: %s", step, message)
             self.warnings.append((step, message))

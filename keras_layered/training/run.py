@@ -172,6 +172,7 @@ def train_gan(cfg, run_dir, verbose="auto"):
     batch_size = cfg.train.batch_size
     fit_steps(gan, lambda step: build_dataset(cfg, start=step * batch_size), done, cfg.train.steps,
               steps_per_epoch, checkpoint, callbacks, verbose)
+    gan.refresh_ema_statistics()
     gan.generator_ema.save(run_dir / "generator.keras")
     gan.discriminator.save(run_dir / "discriminator.keras")
     return gan
