@@ -58,7 +58,9 @@ Running again on the same --out resumes each stage where it stopped."""
 @click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multi_worker"]),
               help="Devices, overriding distribute.strategy [default: auto = every GPU when more than one is "
                    "visible, else one device]; multi_worker reads the cluster from TF_CONFIG (README).")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--dry-run", is_flag=True,
+              help="Check the command as training would (config, data, resuming --out) and print the resolved "
+                   "config; writes nothing.")
 def train(config_path, overrides, data_spec, run_dir, stage, strategy, dry_run):
     """Train the layered GAN and the segmentation networks on the configured data."""
     if strategy is not None:
@@ -74,18 +76,20 @@ def train(config_path, overrides, data_spec, run_dir, stage, strategy, dry_run):
         cfg = load_config(config_path, overrides)
     except ConfigError as err:
         raise click.UsageError(str(err)) from err
-    if dry_run:
+    from keras_layered.training import run
+    from keras_layered.training.callbacks import NonFiniteLossError, TrainingInterrupted
+
+    if dry_run:  # refuses what `train` would refuse
+        try:
+            cfg = run.check_train(cfg, run_dir, stage)
+        except ConfigError as err:
+            raise click.UsageError(str(err)) from err
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
     if cfg.data.source != "synthetic" and Path(config_path) == DEFAULT_CONFIG:
         click.echo(f"note: {DEFAULT_CONFIG.name} is tuned for the built-in scenes (32 px, their mask coverage); "
                    f"for photos start from configs/cub_64.yaml (--config)", err=True)
-    from keras_layered.data.sources import check_available
-    from keras_layered.training import run  # imports TensorFlow: after the cheap checks
-    from keras_layered.training.callbacks import NonFiniteLossError, TrainingInterrupted
-
     try:
-        check_available(cfg.data)  # before the run directory is written
         results = run.train(cfg, run_dir, stage=stage)
     except ConfigError as err:
         raise click.UsageError(str(err)) from err

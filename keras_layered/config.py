@@ -80,6 +80,7 @@ class TrainConfig:
     beta_2: float = 0.99
     d_steps: int = 1  # discriminator steps per generator step
     ema_decay: float = 0.999  # EMA copy of the generator, used for samples and export
+    ema_bn_batches: int = 16  # its BatchNorm statistics: recomputed over this many batches (0 = the generator's)
     seed: int = 0
     sample_every: int = 500  # steps between image grids (PNG + TensorBoard)
     checkpoint_every: int = 500  # steps between checkpoints
@@ -175,6 +176,7 @@ def _check_ranges(cfg):
         ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
         ("train.d_steps", cfg.train.d_steps >= 1, ">= 1"),
         ("train.ema_decay", 0.0 <= cfg.train.ema_decay < 1.0, "in [0, 1)"),
+        ("train.ema_bn_batches", cfg.train.ema_bn_batches >= 0, ">= 0"),
         ("train.g_lr", cfg.train.g_lr > 0, "> 0"),
         ("train.d_lr", cfg.train.d_lr > 0, "> 0"),
         ("train.sample_every", cfg.train.sample_every >= 1, ">= 1"),

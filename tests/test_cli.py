@@ -1,6 +1,8 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 from click.testing import CliRunner
 from PIL import Image
@@ -78,34 +80,126 @@ def test_invalid_value_fails_with_the_key_named(tmp_path):
     assert "data.resolution" in result.output
 
 
+TINY = {
+    "data.resolution": 8,
+    "model.latent_dim": 8,
+    "model.base_width": 16,
+    "model.min_width": 8,
+    "model.d_base_width": 16,
+    "model.d_min_width": 8,
+    "train.steps": 2,
+    "train.steps_per_epoch": 2,
+    "train.sample_every": 2,
+    "train.checkpoint_every": 2,
+    "train.batch_size": 4,
+    "data.eval_scenes": 8,
+    "segment.steps": 2,
+    "segment.steps_per_epoch": 2,
+    "segment.batch_size": 4,
+    "segment.encoder_base_width": 16,
+    "segment.encoder_min_width": 8,
+    "segment.unet_width": 4,
+    "segment.unet_depth": 2,
+}
+
+
+TINY_RATE = 2e-4  # train.g_lr and train.d_lr of configs/synthetic.yaml
+
+
+def overrides(values):
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--set", "train.steps=7", "--set", "train.steps_per_epoch=2"),
+     "train.steps (7) must be a multiple of train.steps_per_epoch (2)"),
+    (("--set", "segment.steps=5", "--set", "segment.steps_per_epoch=2"),
+     "segment.steps (5) must be a multiple of segment.steps_per_epoch (2)"),
+    (("--stage", "encoder"), "holds no generator.keras: train the GAN stage first"),
+    (("--data", "folder:no_such_folder"), "no_such_folder"),
+])
+def test_dry_run_refuses_what_train_refuses(tmp_path, args, message):
+    out = tmp_path / "run"
+    for dry_run in (("--dry-run",), ()):
+        result = invoke("train", *dry_run, "--out", str(out), *args)
+        assert result.exit_code == 2, result.output  # a usage error, not a traceback
+        assert message in " ".join(result.output.split()), result.output
+        assert not out.exists()
+
+
+def run_files(run_dir):
+    """{path: bytes} of every file of a run but its TensorBoard logs (a new process opens new ones)."""
+    return {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
+            if p.is_file() and "tensorboard" not in p.parts}
+
+
+@pytest.mark.slow
+def test_resume_refuses_what_its_checkpoint_cannot_take_and_trains_with_new_rates(tmp_path):
+    out = tmp_path / "run"
+    first = invoke("train", "--stage", "gan", "--out", str(out), *overrides(TINY))
+    assert first.exit_code == 0, first.output
+    before = run_files(out)
+    for dry_run in (("--dry-run",), ()):
+        result = invoke("train", *dry_run, "--stage", "gan", "--out", str(out), "--set", "model.base_width=32")
+        assert result.exit_code == 2, result.output
+        message = " ".join(result.output.split())
+        assert f"model.base_width cannot change when {out} resumes" in message
+        assert "the run has 16, the command gives 32" in message
+        assert "a new run directory (--out), or drop the override" in message
+        assert run_files(out) == before  # config.yaml, checkpoints, samples and models untouched
+    # Steps and learning rates may change: the rerun continues from the run's own config, and
+    # trains with the new rate, not the one its checkpoint restored.
+    result = invoke("train", "--stage", "gan", "--out", str(out), "--set", "train.steps=4", "--set", "train.d_lr=1e-5")
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["train"]["steps"], saved["train"]["d_lr"], saved["model"]["base_width"]) == (4, 1e-5, 16)
+    latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
+    assert latest.endswith("ckpt-4")
+    rates = [tf.train.load_variable(latest, f"{o}/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE")
+             for o in ("g_optimizer", "d_optimizer")]
+    np.testing.assert_allclose(rates, [TINY_RATE, 1e-5], rtol=1e-6)
+    # The same for the segmentation stage's optimizers.
+    for steps, rate in ((2, 5e-4), (4, 1e-4)):
+        result = invoke("train", "--stage", "encoder", "--out", str(out), "--set", "segment.encoder=false",
+                        "--set", "segment.lr_decay=false", "--set", f"segment.steps={steps}",
+                        "--set", f"segment.lr={rate}")
+        assert result.exit_code == 0, result.output
+    latest = tf.train.latest_checkpoint(str(out / "checkpoints" / "segmentation"))
+    assert latest.endswith("ckpt-4")
+    rate = tf.train.load_variable(latest, "unet_optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE")
+    np.testing.assert_allclose(rate, 1e-4, rtol=1e-6)
+
+
+def test_check_train_fixes_each_stage_state_once_the_stage_has_a_checkpoint(tmp_path):
+    from keras_layered.config import ConfigError, load_config
+    from keras_layered.training.run import check_train
+
+    tiny = [f"{k}={v}" for k, v in TINY.items()]
+    saved = load_config(overrides=tiny + ["distribute.mixed_precision=mixed_bfloat16"])
+    saved.save(tmp_path / "config.yaml")
+    changed = load_config(overrides=tiny + ["model.base_width=32", "segment.unet_width=8"])
+    assert check_train(changed, tmp_path) is changed  # config.yaml alone: nothing trained yet
+    (tmp_path / "checkpoints" / "segmentation").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "checkpoint").write_text("")
+    with pytest.raises(ConfigError, match="model.base_width cannot change"):
+        check_train(changed, tmp_path)
+    harmless = load_config(overrides=tiny + ["train.steps=8", "train.g_lr=1e-4", "loss.r1_gamma=1",
+                                             "train.sample_every=1", "segment.unet_width=8",
+                                             "distribute.mixed_precision=auto"])
+    resumed = check_train(harmless, tmp_path)
+    assert resumed.train.steps == 8 and resumed.segment.unet_width == 8
+    assert resumed.distribute.mixed_precision == "mixed_bfloat16"  # "auto" keeps the run's precision
+    with pytest.raises(ConfigError, match="distribute.mixed_precision cannot change"):
+        check_train(load_config(overrides=tiny + ["distribute.mixed_precision=none"]), tmp_path)
+    (tmp_path / "checkpoints" / "segmentation" / "checkpoint").write_text("")
+    with pytest.raises(ConfigError, match="segment.unet_width cannot change"):
+        check_train(harmless, tmp_path)
+
+
 @pytest.mark.slow
 def test_train_end_to_end(tmp_path):
     out = tmp_path / "run"
-    overrides = {
-        "data.resolution": 8,
-        "model.latent_dim": 8,
-        "model.base_width": 16,
-        "model.min_width": 8,
-        "model.d_base_width": 16,
-        "model.d_min_width": 8,
-        "train.steps": 2,
-        "train.steps_per_epoch": 2,
-        "train.sample_every": 2,
-        "train.checkpoint_every": 2,
-        "train.batch_size": 4,
-        "data.eval_scenes": 8,
-        "segment.steps": 2,
-        "segment.steps_per_epoch": 2,
-        "segment.batch_size": 4,
-        "segment.encoder_base_width": 16,
-        "segment.encoder_min_width": 8,
-        "segment.unet_width": 4,
-        "segment.unet_depth": 2,
-    }
-    args = ["train", "--out", str(out)]
-    for key, value in overrides.items():
-        args += ["--set", f"{key}={value}"]
-    result = invoke(*args)
+    result = invoke("train", "--out", str(out), *overrides(TINY))
     assert result.exit_code == 0, result.output
     assert f"done: {out}" in result.output
 

@@ -151,6 +151,7 @@ def test_section_that_is_not_a_mapping():
         ("data.resolution=512", "data.resolution"),
         ("data.resolution=4", "data.resolution"),
         ("train.ema_decay=1.0", "train.ema_decay"),
+        ("train.ema_bn_batches=-1", "train.ema_bn_batches"),
         ("model.generator=foo", "model.generator"),
         ("perturb.bg_contrast_jitter=1.0", "perturb.bg_contrast_jitter"),
         ("train.steps=0", "train.steps"),

@@ -398,8 +398,10 @@ def test_train_gan_resumes_from_the_latest_checkpoint(first_run, tmp_path, monke
 
     assert restored["step"] == 4
     assert restored["d_iterations"] == 4
-    for group in ("g", "g_nt", "d", "ema", "ema_nt"):
-        for at_resume, saved in zip(restored["state"][group], first_run.state[group]):
+    # The EMA generator's BatchNorm statistics in a checkpoint are the generator's stand-ins; the
+    # run recomputed its own for generator.keras after saving it.
+    for group, saved_group in (("g", "g"), ("g_nt", "g_nt"), ("d", "d"), ("ema", "ema"), ("ema_nt", "g_nt")):
+        for at_resume, saved in zip(restored["state"][group], first_run.state[saved_group]):
             np.testing.assert_array_equal(at_resume, saved, err_msg=group)
 
     assert int(gan.g_optimizer.iterations.numpy()) == 6

@@ -67,6 +67,8 @@ def build_layered_gan(cfg):
         max_shift=perturb.max_shift,
         bg_contrast_jitter=perturb.bg_contrast_jitter,
         ema_decay=train.ema_decay,
+        ema_bn_batches=train.ema_bn_batches,
+        ema_bn_batch_size=train.batch_size,
         d_steps=train.d_steps,
         seed=train.seed,
     )

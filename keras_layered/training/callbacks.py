@@ -62,7 +62,7 @@ class SampleGrid(keras.callbacks.Callback):
     def write(self, step):
         # A generator drawing noise at inference (the style one) would advance its random state:
         # put it back, so a grid on a checkpoint step leaves nothing for a resumed run to miss.
-        with random_states_kept(self.model):
+        with random_states_kept(self.model), self.model.refreshed_ema_statistics():
             self._write(step)
 
     def _write(self, step):

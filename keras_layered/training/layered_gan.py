@@ -1,5 +1,6 @@
 """The perturbed layered GAN and its adversarial `train_step` (TensorFlow: tapes, tf.distribute)."""
 
+import contextlib
 import functools
 
 import keras
@@ -8,6 +9,7 @@ from keras import ops
 
 from keras_layered import distribute, losses
 from keras_layered.layers import BackgroundContrastJitter, RandomShift, composite
+from keras_layered.training.ema import fixed_latents, recompute_batch_norm_statistics
 
 _LOSS_PAIRS = {
     # name: (discriminator loss, generator loss, penalty, penalty evaluated at interpolates?)
@@ -22,7 +24,7 @@ class LayeredGAN(keras.Model):
     One `train_step` = `d_steps` discriminator steps on the same real batch (the last one on the
     generator step's own samples), one generator step, one update of the generator's exponential
     moving average (EMA). The EMA generator is what
-    `call`, samples and export use.
+    `call`, samples and export use, after `refresh_ema_statistics`.
 
     Args:
         generator: a model z -> {"background", "foreground", "mask"} with a `latent_dim`.
@@ -36,6 +38,9 @@ class LayeredGAN(keras.Model):
         max_shift: random shift range of foreground + mask, fraction of the image size.
         bg_contrast_jitter: background contrast jitter strength (0 = off).
         ema_decay: decay of the EMA generator (ramped up over the first steps).
+        ema_bn_batches, ema_bn_batch_size: `refresh_ema_statistics` recomputes the EMA generator's
+            BatchNorm statistics over this many batches of this size (0 batches: keeps the
+            generator's).
         d_steps: discriminator steps per generator step.
         seed: seed of z sampling and of the perturbation layers.
     """
@@ -57,6 +62,8 @@ class LayeredGAN(keras.Model):
         max_shift=0.125,
         bg_contrast_jitter=0.0,
         ema_decay=0.999,
+        ema_bn_batches=16,
+        ema_bn_batch_size=64,
         d_steps=1,
         seed=None,
         **kwargs,
@@ -83,6 +90,8 @@ class LayeredGAN(keras.Model):
         self.max_mask_coverage = max_mask_coverage
         self.max_coverage_weight = max_coverage_weight
         self.ema_decay = ema_decay
+        self.ema_bn_batches = ema_bn_batches
+        self.ema_bn_batch_size = ema_bn_batch_size
         self.d_steps = d_steps
         self.seed_generator = keras.random.SeedGenerator(seed)
         # The run's clock: checkpoint numbers, the data offset on resume, the penalty schedule, the
@@ -125,6 +134,26 @@ class LayeredGAN(keras.Model):
     def call(self, z, training=False):
         """EMA generator layers for latents z (B, latent_dim)."""
         return self.generator_ema(z, training=training)
+
+    def refresh_ema_statistics(self):
+        """Recomputes the EMA generator's BatchNorm statistics for its own weights, on fixed
+        latents (`training.ema`); the generator and every random state stay as they are. Call it
+        before the EMA generator is used in inference mode or saved."""
+        if self.ema_bn_batches:
+            latents = fixed_latents(self.ema_bn_batches, self.ema_bn_batch_size, self.latent_dim)
+            recompute_batch_norm_statistics(self.generator_ema, latents)
+
+    @contextlib.contextmanager
+    def refreshed_ema_statistics(self):
+        """`refresh_ema_statistics` while active (samples during training); on leaving, the EMA
+        generator's statistics are the training state's again, whatever a checkpoint saves after."""
+        stand_ins = [ops.convert_to_numpy(w) for w in self.generator_ema.non_trainable_weights]
+        self.refresh_ema_statistics()
+        try:
+            yield self
+        finally:
+            for weight, value in zip(self.generator_ema.non_trainable_weights, stand_ins):
+                weight.assign(value)
 
     def sample_latents(self, batch_size):
         return distribute.normal((batch_size, self.latent_dim), self.seed_generator)
@@ -245,5 +274,7 @@ class LayeredGAN(keras.Model):
         decay = ops.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
         for ema_weight, weight in zip(self.generator_ema.trainable_weights, self.generator.trainable_weights):
             ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
+        # BatchNorm statistics belong to the weights that produced them: the generator's stand in
+        # (the same in a resumed run) until `refresh_ema_statistics` computes the EMA weights' own.
         for ema_weight, weight in zip(self.generator_ema.non_trainable_weights, self.generator.non_trainable_weights):
             ema_weight.assign(weight)

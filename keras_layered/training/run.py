@@ -12,8 +12,8 @@ from pathlib import Path
 import keras
 
 from keras_layered import distribute
-from keras_layered.config import ConfigError
-from keras_layered.data.sources import evaluation_split
+from keras_layered.config import ConfigError, load_config
+from keras_layered.data.sources import check_available, evaluation_split
 from keras_layered.evaluation import evaluate_segmenter
 from keras_layered.training.build import (
     build_dataset,
@@ -62,13 +62,10 @@ def fit_steps(model, dataset_from, done, steps, steps_per_epoch, checkpoint, cal
 def train(cfg, run_dir, stage="all", verbose="auto"):
     """Runs the `stage`s of `cfg` in `run_dir` ("gan", "encoder" = the segmentation stage, or "all");
     returns the evaluation of the segmentation stage, or None after the GAN stage alone."""
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     run_dir = Path(run_dir)
     # Every check that can fail before anything is written: a bad command must not rewrite the
     # config of a run it cannot continue.
-    epoch_plan(cfg.train.steps, cfg.train.steps_per_epoch)
-    epoch_plan(cfg.segment.steps, cfg.segment.steps_per_epoch, "segment")
+    cfg = check_train(cfg, run_dir, stage)
     # First of all TensorFlow: MultiWorkerMirroredStrategy must exist before any other op.
     strategy = distribute.make_strategy(cfg.distribute.strategy)
     with strategy.scope():
@@ -84,6 +81,68 @@ def train(cfg, run_dir, stage="all", verbose="auto"):
     if stage in ("encoder", "all"):
         return train_segmentation(cfg, run_dir, verbose, generator)
     return None
+
+
+# What a stage's checkpoint holds or continues, so a resumed stage cannot change it.
+_SHAPES = "it changes the shapes of the networks in the checkpoint"
+_DATA = "it changes the training images the checkpoint's step continues from"
+_GAN_STATE = {
+    "data.source": _DATA, "data.resolution": _SHAPES, "data.difficulty": _DATA, "data.edges": _DATA,
+    "data.seed": _DATA, "data.crop_scale": _DATA, "data.flip": _DATA, "data.shuffle_buffer": _DATA,
+    "model.generator": _SHAPES, "model.latent_dim": _SHAPES, "model.base_width": _SHAPES,
+    "model.min_width": _SHAPES, "model.norm": _SHAPES, "model.d_base_width": _SHAPES,
+    "model.d_min_width": _SHAPES, "model.spectral_norm": _SHAPES, "model.mapping_layers": _SHAPES,
+    "train.batch_size": _DATA,  # the data continue at step x batch size
+    "train.seed": "the checkpoint holds the random-generator states it seeded",
+    "distribute.mixed_precision": "the checkpoint holds the state of one precision (float16: loss scaling)",
+}
+_SEGMENTATION_STATE = {
+    "segment.encoder": _SHAPES, "segment.distilled": _SHAPES, "segment.encoder_base_width": _SHAPES,
+    "segment.encoder_min_width": _SHAPES, "segment.unet_width": _SHAPES, "segment.unet_depth": _SHAPES,
+    "segment.perceptual_weight": "it adds or removes the VGG16 features in the checkpoint",
+    "segment.lr_decay": "it changes the optimizers' state in the checkpoint",
+    "segment.batch_size": _DATA,
+}
+
+
+def check_train(cfg, run_dir, stage="all"):
+    """Everything `train(cfg, run_dir, stage)` would refuse, checked without building or writing
+    anything (`python cli.py train --dry-run` runs it too); raises ConfigError saying what to do.
+
+    In a run that already trained (a checkpoint, or generator.keras), the keys its checkpoints
+    depend on (network shapes, training data, random and optimizer state) must keep the values of
+    its config.yaml; the others (steps, cadences, learning rates, loss weights) may change.
+    Returns `cfg`, with distribute.mixed_precision "auto" replaced by the run's own precision.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    run_dir = Path(run_dir)
+    epoch_plan(cfg.train.steps, cfg.train.steps_per_epoch)
+    epoch_plan(cfg.segment.steps, cfg.segment.steps_per_epoch, "segment")
+    check_available(cfg.data)
+    gan_trained = (run_dir / "checkpoints" / "checkpoint").is_file() or (run_dir / "generator.keras").is_file()
+    if stage == "encoder":
+        _generator_path(run_dir)
+    saved_path = run_dir / "config.yaml"
+    if not (gan_trained and saved_path.is_file()):
+        return cfg
+    saved = load_config(saved_path).to_dict()
+    if cfg.distribute.mixed_precision == "auto":
+        cfg = dataclasses.replace(cfg, distribute=dataclasses.replace(
+            cfg.distribute, mixed_precision=saved["distribute"]["mixed_precision"]))
+    fixed = dict(_GAN_STATE)
+    if (run_dir / "checkpoints" / "segmentation" / "checkpoint").is_file():
+        fixed.update(_SEGMENTATION_STATE)
+    new = cfg.to_dict()
+    for key, reason in fixed.items():
+        section, name = key.split(".")
+        if new[section][name] != saved[section][name]:
+            raise ConfigError(
+                f"{key} cannot change when {run_dir} resumes: {reason} (the run has {saved[section][name]!r}, "
+                f"the command gives {new[section][name]!r}). Train it into a new run directory (--out), or "
+                f"drop the override to continue {run_dir} with its own config.yaml"
+            )
+    return cfg
 
 
 def train_gan(cfg, run_dir, verbose="auto"):
@@ -104,6 +163,7 @@ def train_gan(cfg, run_dir, verbose="auto"):
     done = checkpoint.restore(gan)
     if done:
         log.info("resuming the GAN stage of %s from step %d", run_dir, done)
+        _configured_learning_rates([(gan.g_optimizer, cfg.train.g_lr), (gan.d_optimizer, cfg.train.d_lr)])
     callbacks = [
         checkpoint,  # first: a non-finite step stops training before the others see it
         keras.callbacks.TensorBoard(run_dir / "tensorboard", update_freq=50),
@@ -112,6 +172,7 @@ def train_gan(cfg, run_dir, verbose="auto"):
     batch_size = cfg.train.batch_size
     fit_steps(gan, lambda step: build_dataset(cfg, start=step * batch_size), done, cfg.train.steps,
               steps_per_epoch, checkpoint, callbacks, verbose)
+    gan.refresh_ema_statistics()
     gan.generator_ema.save(run_dir / "generator.keras")
     gan.discriminator.save(run_dir / "discriminator.keras")
     return gan
@@ -146,6 +207,8 @@ def train_segmentation(cfg, run_dir, verbose="auto", generator=None):
             log.warning("generator.keras changed after the segmentation stage trained against it; delete "
                         "%s to retrain the stage on the new generator", run_dir / "checkpoints" / "segmentation")
         generator.set_weights(trained_against)
+        if not s.lr_decay:  # a schedule is rebuilt from the config, not restored
+            _configured_learning_rates([(o, s.lr) for _, o in _networks(trainer)])
     callbacks = [checkpoint, keras.callbacks.TensorBoard(run_dir / "tensorboard" / "segmentation", update_freq=50)]
     fit_steps(trainer, lambda step: build_dataset(cfg, s.batch_size, start=step * s.batch_size), done, s.steps,
               steps_per_epoch, checkpoint, callbacks, verbose)
@@ -172,12 +235,7 @@ def train_segmentation(cfg, run_dir, verbose="auto", generator=None):
 
 def _check_generator(cfg, run_dir):
     """The run's trained generator, checked against `cfg`; ConfigError naming what to do otherwise."""
-    path = Path(run_dir) / "generator.keras"
-    if not path.exists():
-        raise ConfigError(
-            f"{run_dir} holds no generator.keras: train the GAN stage first "
-            f"(python cli.py train --stage gan --out {run_dir})"
-        )
+    path = _generator_path(run_dir)
     generator = keras.saving.load_model(path)
     for key, value, configured in (("data.resolution", generator.resolution, cfg.data.resolution),
                                    ("model.latent_dim", generator.latent_dim, cfg.model.latent_dim)):
@@ -187,6 +245,23 @@ def _check_generator(cfg, run_dir):
                 f"config (python cli.py train --out {run_dir} reads {run_dir}/config.yaml) or --set {key}={value}"
             )
     return generator
+
+
+def _configured_learning_rates(optimizers_and_rates):
+    """A checkpoint restores the optimizers' learning rates too: a resumed stage trains with the
+    configured ones (e.g. lower ones after a non-finite loss)."""
+    for optimizer, rate in optimizers_and_rates:
+        optimizer.learning_rate = rate
+
+
+def _generator_path(run_dir):
+    path = Path(run_dir) / "generator.keras"
+    if not path.exists():
+        raise ConfigError(
+            f"{run_dir} holds no generator.keras: train the GAN stage first "
+            f"(python cli.py train --stage gan --out {run_dir})"
+        )
+    return path
 
 
 def _networks(trainer):
