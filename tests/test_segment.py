@@ -19,6 +19,17 @@ class ChannelMean(keras.Model):
         return (ops.mean(images, axis=-1, keepdims=True) + 1.0) / 2.0  # (B, H, W, 1)
 
 
+class FixedMask(keras.Model):
+    """Whatever the images, the same (H, W, 1) mask."""
+
+    def __init__(self, mask, **kwargs):
+        super().__init__(**kwargs)
+        self.mask = np.asarray(mask, np.float32)
+
+    def call(self, images):
+        return ops.tile(ops.convert_to_tensor(self.mask)[None], (ops.shape(images)[0], 1, 1, 1))
+
+
 @pytest.fixture(scope="module")
 def unet_segmenter():
     keras.utils.set_random_seed(0)
@@ -187,6 +198,25 @@ def test_threshold(mean_segmenter, tmp_path, threshold, expected):
     path = solid(tmp_path / "gray.png", (110, 110, 110))  # 110 / 255 = 0.431
     result = segment_images(mean_segmenter, [path], tmp_path / "out", threshold=threshold)
     np.testing.assert_array_equal(read(result.masks[path]), expected)
+
+
+def test_largest_component_keeps_soft_values_for_soft_masks_and_low_thresholds(tmp_path):
+    """With largest_component, the object's soft surroundings reach --soft and --threshold below
+    0.5; a detached region is removed at every level."""
+    mask = np.zeros((32, 32, 1), np.float32)
+    mask[6:25, 6:25] = 0.35  # the object's soft surroundings, 4 pixels wide ...
+    mask[10:21, 10:21] = 0.9  # ... around the object
+    mask[27:30, 27:30] = 0.9  # detached, 2 pixels away
+    segmenter = Segmenter(FixedMask(mask), 32, largest_component=True)
+    path = solid(tmp_path / "x.png", (0, 0, 0), size=(32, 32))
+    masks = {name: read(segment_images(segmenter, [path], tmp_path / name, **kwargs).masks[path]).astype(int)
+             for name, kwargs in {"soft": {"soft": True}, "low": {"threshold": 0.3}, "half": {}}.items()}
+    halo, detached = (8, 15), (27, 27)
+    assert 0.3 * 255 < masks["soft"][halo] < 0.4 * 255
+    assert masks["low"][halo] == 255 and masks["half"][halo] == 0
+    assert (masks["low"] > masks["half"]).sum() > 100  # the whole ring: 19^2 - 11^2 = 240 pixels of 0.35
+    assert masks["soft"][detached] == masks["low"][detached] == masks["half"][detached] == 0
+    assert masks["half"][15, 15] == masks["low"][15, 15] == 255 and masks["soft"][15, 15] >= 229
 
 
 def test_same_stem_collisions(mean_segmenter, tmp_path):
