@@ -189,7 +189,8 @@ def resize_shorter_side(image, shorter, resample=Image.Resampling.BILINEAR):
 
 
 def centre_crop_box(height, width, resolution):
-    """(top, left) of the resolution x resolution centre crop, as `data.geometry.crop_and_flip` takes it."""
+    """(top, left) of the resolution x resolution centre crop of a (height, width) image: where
+    `segment_images` and evaluation (`data.geometry.crop_and_flip`) crop (ints or tensors)."""
     return (height - resolution) // 2, (width - resolution) // 2
 
 
