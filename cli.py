@@ -144,9 +144,10 @@ def _load_segmenter(path):
 
 @main.command(epilog="""\b
 Masks are written as OUT/<stem>.png at each image's own size: 255 = object, 0 = background
-(--soft: the probability x 255). Images of any size are resized to the model's resolution and
-the mask is resized back. Grayscale, palette and RGBA images are converted to RGB (transparency
-over white). Files that cannot be read are reported and skipped.""")
+(--soft: the probability x 255). Each image is seen as in training and `evaluate`: shorter side
+resized to data.crop_scale x the model's resolution (from the run's config.yaml), centre crop;
+its mask is put back in place, 0 outside the crop. Grayscale, palette and RGBA images are
+converted to RGB (transparency over white). Files that cannot be read are reported and skipped.""")
 @click.option("--model", required=True, help="Segmenter .keras file or run directory.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="IMAGES_OR_DIRS...")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
@@ -159,9 +160,11 @@ def segment(model, inputs, out_dir, batch_size, threshold, soft, cutout):
     """Write a foreground mask for every image in IMAGES_OR_DIRS (folders are searched recursively)."""
     from keras_layered.segment import segment_images
 
-    segmenter = _load_segmenter(_segmenter_path(model))
+    path = _segmenter_path(model)
+    segmenter = _load_segmenter(path)
+    crop_scale = _run_data_config(path.parent, None, segmenter.resolution).crop_scale  # as `evaluate` crops
     result = segment_images(segmenter, list(inputs), out_dir, batch_size=batch_size, threshold=threshold,
-                            soft=soft, cutout=cutout)
+                            soft=soft, cutout=cutout, crop_scale=crop_scale)
     click.echo(f"wrote {len(result.masks)} masks to {out_dir}" +
                (f"; skipped {len(result.skipped)} unreadable files" if result.skipped else ""))
 

@@ -4,8 +4,8 @@
 - `set_precision(name)`, `resolve_precision(name)`, `with_loss_scale(optimizer, policy)`: Keras'
   dtype policy of `distribute.mixed_precision` ("auto": the fastest this machine computes well),
   and the loss scaling float16 needs.
-- `normal`, `uniform`: random draws that give every replica its own numbers, and the same global
-  batch of numbers whatever the number of replicas.
+- `normal`, `uniform`, `randint`: random draws that give every replica its own numbers, and the
+  same global batch of numbers whatever the number of replicas.
 - `replica_scale()`: turns a replica's mean loss into its share of the global mean.
 
 Outside a multi-replica context, and on other backends, the draws are plain `keras.random` draws.
@@ -227,9 +227,14 @@ def _global_draw(draw, shape):
     return values[replica_id * rows:(replica_id + 1) * rows]
 
 
-def uniform(shape, seed_generator, minval=0.0, maxval=1.0):
-    return _global_draw(lambda s: keras.random.uniform(s, minval, maxval, seed=seed_generator), shape)
+def uniform(shape, seed_generator, minval=0.0, maxval=1.0, dtype=None):
+    return _global_draw(lambda s: keras.random.uniform(s, minval, maxval, dtype=dtype, seed=seed_generator), shape)
 
 
-def normal(shape, seed_generator):
-    return _global_draw(lambda s: keras.random.normal(s, seed=seed_generator), shape)
+def normal(shape, seed_generator, dtype=None):
+    return _global_draw(lambda s: keras.random.normal(s, dtype=dtype, seed=seed_generator), shape)
+
+
+def randint(shape, seed_generator, minval, maxval):
+    """Integers in [minval, maxval), int32."""
+    return _global_draw(lambda s: keras.random.randint(s, minval, maxval, seed=seed_generator), shape)

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from keras_layered.config import DataConfig
+
 log = logging.getLogger("keras_layered")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -171,6 +173,27 @@ def _is_earlier_output(image, root, out_dir):
     return out_dir != root and out_dir.is_relative_to(root) and image.resolve().is_relative_to(out_dir)
 
 
+def _shorter_side_size(size, shorter):
+    """(W, H) scaled so that min(W, H) == `shorter`, the other side rounded."""
+    width, height = size
+    if width <= height:
+        return shorter, max(shorter, round(height * shorter / width))
+    return max(shorter, round(width * shorter / height)), shorter
+
+
+def resize_shorter_side(image, shorter, resample=Image.Resampling.BILINEAR):
+    """A PIL image with its shorter side resized to `shorter` (unchanged if it already is): the
+    first step of the real images' geometry, for training, evaluation and `segment_images` alike."""
+    size = _shorter_side_size(image.size, shorter)
+    return image.resize(size, resample) if size != image.size else image
+
+
+def centre_crop_box(height, width, resolution):
+    """(top, left) of the resolution x resolution centre crop of a (height, width) image: where
+    `segment_images` and evaluation (`data.geometry.crop_and_flip`) crop (ints or tensors)."""
+    return (height - resolution) // 2, (width - resolution) // 2
+
+
 def _predict(segmenter, batch):
     """uint8 images (B, R, R, 3) -> float32 masks (B, R, R) in [0, 1]."""
     masks = np.asarray(segmenter.predict_on_batch(np.stack(batch)), dtype=np.float32)
@@ -181,9 +204,14 @@ def _predict(segmenter, batch):
 
 
 def _write(item, probability, threshold, soft, result):
-    """Resizes one (R, R) probability map back to its image's size and writes its mask (and cutout)."""
-    image, size, rgb, mask_path, cutout_path = item
-    probability = np.asarray(Image.fromarray(probability).resize(size, Image.Resampling.BILINEAR))  # (H, W) float32
+    """Pastes one (R, R) probability map into its crop's place (0 elsewhere), resizes that to the
+    image's size and writes its mask (and cutout)."""
+    image, size, (frame_height, frame_width, top, left), rgb, mask_path, cutout_path = item
+    r = len(probability)
+    frame = np.zeros((frame_height, frame_width), np.float32)
+    frame[top:top + r, left:left + r] = probability
+    frame = Image.fromarray(frame)
+    probability = np.asarray(frame.resize(size, Image.Resampling.BILINEAR) if frame.size != size else frame)  # (H, W)
     if soft:
         mask = np.round(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)  # (H, W)
     else:
@@ -196,15 +224,20 @@ def _write(item, probability, threshold, soft, result):
         result.cutouts[image] = cutout_path
 
 
-def segment_images(segmenter, paths, out_dir, *, batch_size=32, threshold=0.5, soft=False, cutout=False):
+def segment_images(segmenter, paths, out_dir, *, batch_size=32, threshold=0.5, soft=False, cutout=False,
+                   crop_scale=DataConfig.crop_scale):
     """Segments image files with `segmenter`, writing one PNG mask per image into `out_dir`.
 
-    Every image (see `find_images` for `paths`, `load_image` for the conversions) is resized to
-    `segmenter.resolution` squared, whatever its size and aspect ratio (bilinear, antialiased when
-    shrinking; no crop, no padding, so the mask covers the whole image), and segmented in batches of
-    `batch_size`, holding at most one batch of images in memory. Each probability map is resized
-    back to the image's own size (bilinear) before thresholding, so a mask has the size of its
-    image: 0/255 where probability >= `threshold` by default, or round(255 * probability) if `soft`.
+    Every image (see `find_images` for `paths`, `load_image` for the conversions) is seen as
+    training and evaluation see it (`data.folder`): its shorter side resized to
+    round(`crop_scale` * R), R = `segmenter.resolution` (bilinear, antialiased when shrinking; the
+    aspect ratio kept), then its R x R centre crop is segmented, in batches of `batch_size`,
+    holding at most one batch of images in memory. The crop's probability map is put back in its
+    place in the resized image, with probability 0 outside the crop (the model never saw those
+    pixels: a border of 1 - 1 / crop_scale of the shorter side and the ends of the longer one),
+    and resized to the image's own size (bilinear) before thresholding, so a mask has the size of
+    its image: 0/255 where probability >= `threshold` by default, or round(255 * probability) if
+    `soft`. Inside the crop, the masks are the ones `evaluate` scores.
 
     Output names: `<stem>.png`; a file found under a directory given in `paths` keeps its relative
     directory under `out_dir`. If two inputs (or an output and an input) would share a name, the
@@ -219,11 +252,14 @@ def segment_images(segmenter, paths, out_dir, *, batch_size=32, threshold=0.5, s
         raise ValueError(f"segment_images: batch_size must be an int >= 1, got {batch_size!r}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"segment_images: threshold must be in [0, 1], got {threshold!r}")
+    if isinstance(crop_scale, bool) or not isinstance(crop_scale, (int, float)) or not crop_scale >= 1.0:
+        raise ValueError(f"segment_images: crop_scale must be a number >= 1, so the crop fits the resized "
+                         f"image, got {crop_scale!r}")
     out_dir = Path(out_dir)
     found = [(image, root) for image, root in _find_with_roots(paths) if not _is_earlier_output(image, root, out_dir)]
     plan = _plan_outputs(found, out_dir, cutout)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_size = (segmenter.resolution, segmenter.resolution)
+    r = segmenter.resolution
     result = SegmentResult()
     items, batch = [], []
 
@@ -240,8 +276,11 @@ def segment_images(segmenter, paths, out_dir, *, batch_size=32, threshold=0.5, s
             log.warning("skipping: %s", err)
             result.skipped[image] = str(err)
             continue
-        batch.append(np.asarray(Image.fromarray(rgb).resize(model_size, Image.Resampling.BILINEAR)))  # (R, R, 3) uint8
-        items.append((image, (rgb.shape[1], rgb.shape[0]), rgb if cutout else None, mask_path, cutout_path))
+        resized = np.asarray(resize_shorter_side(Image.fromarray(rgb), round(crop_scale * r)))  # (H', W', 3)
+        top, left = centre_crop_box(*resized.shape[:2], r)
+        batch.append(resized[top:top + r, left:left + r])  # (R, R, 3) uint8
+        crop = (*resized.shape[:2], top, left)
+        items.append((image, (rgb.shape[1], rgb.shape[0]), crop, rgb if cutout else None, mask_path, cutout_path))
         if len(batch) == batch_size:
             flush()
     if batch:

@@ -1,5 +1,7 @@
+import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -217,3 +219,86 @@ def test_train_end_to_end(tmp_path):
     # The segmentation stage ran after the GAN and printed its scores.
     assert (out / "segmenter.keras").is_file() and (out / "evaluation.json").is_file()
     assert "mean IoU" in result.output and "distilled" in result.output and "encoder" in result.output
+
+
+@keras.saving.register_keras_serializable(package="test_cli")
+class ChannelMeanMask(keras.Model):
+    """[-1, 1] images -> the mean of their channels in [0, 1]: bright pixels are object."""
+
+    def call(self, images):
+        return (keras.ops.mean(images, axis=-1, keepdims=True) + 1.0) / 2.0
+
+
+def scene(width, height, seed):
+    """Dark noise with a few bright specks and a bright ellipse (the true mask), uint8."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 150, (height, width, 3))
+    rgb[rng.random((height, width)) < 0.02] = 250  # specks: fragments for largest_component to remove
+    y, x = np.mgrid[:height, :width]
+    cy, cx = rng.uniform(0.25, 0.75) * height, rng.uniform(0.2, 0.8) * width
+    ry, rx = rng.uniform(0.2, 0.35) * height, rng.uniform(0.2, 0.35) * width
+    mask = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1
+    rgb[mask] = rng.integers(110, 256, (mask.sum(), 3))  # a few object pixels are dark: not a perfect IoU
+    return rgb.astype(np.uint8), mask
+
+
+def footprint(width, height, resolution, crop_scale):
+    """Which pixels of a (height, width) image the model's centre crop covers, by hand: the shorter
+    side resized to round(crop_scale * resolution), then the centre resolution x resolution."""
+    shorter = round(crop_scale * resolution)
+    new_w, new_h = (shorter, round(height * shorter / width)) if width <= height else (round(width * shorter / height), shorter)
+    top, left = (new_h - resolution) // 2, (new_w - resolution) // 2
+    rows = (np.arange(height) + 0.5) * new_h / height  # pixel centres in the resized image
+    cols = (np.arange(width) + 0.5) * new_w / width
+    return (((rows >= top) & (rows < top + resolution))[:, None]
+            & ((cols >= left) & (cols < left + resolution))[None, :])
+
+
+@pytest.mark.parametrize("sizes, tolerance", [
+    ([(20, 20), (31, 20), (20, 27), (20, 44)], 1e-6),  # shorter side already 1.25 x 16: no resizing
+    ([(45, 33), (17, 40), (64, 64), (50, 21)], 0.03),  # resized: the scorer works at the images' size
+])
+def test_evaluate_and_segment_score_the_same_pixels_alike(tmp_path, sizes, tolerance):
+    """`evaluate` on a folder, and `segment` on the same images scored by a numpy IoU against the
+    true masks, on the pixels the model sees (its centre crop after resizing the shorter side,
+    data.crop_scale from the run's config.yaml): the same mean and dataset IoU. Without resizing
+    these are the same pixels and the scores agree exactly; with resizing, the scorer reads masks
+    resampled to each image's own size, so they agree to resampling noise."""
+    from keras_layered.models.segmenter import Segmenter
+
+    res, crop_scale = 16, 1.25
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"data:\n  crop_scale: {crop_scale}\n")
+    Segmenter(ChannelMeanMask(), res, largest_component=True).save(run / "segmenter.keras")
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    truth = {}
+    for i, (width, height) in enumerate(sizes):
+        rgb, mask = scene(width, height, seed=i)
+        Image.fromarray(rgb).save(data / "images" / f"{i}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(data / "masks" / f"{i}.png")
+        truth[i] = mask
+
+    result = invoke("evaluate", "--model", str(run), "--data", f"folder:{data}", "--out", str(tmp_path / "s.json"))
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((tmp_path / "s.json").read_text())
+    result = invoke("segment", "--model", str(run), str(data / "images"), "--out", str(tmp_path / "masks"))
+    assert result.exit_code == 0, result.output
+
+    ious, intersections, unions = [], 0, 0
+    for i, (width, height) in enumerate(sizes):
+        written = np.asarray(Image.open(tmp_path / "masks" / f"{i}.png")) >= 128
+        seen = footprint(width, height, res, crop_scale)
+        assert not written[~seen].any()  # nothing outside the crop the model saw
+        predicted, true = written[seen], truth[i][seen]
+        intersection, union = np.sum(predicted & true), np.sum(predicted | true)
+        ious.append(intersection / union)
+        intersections, unions = intersections + intersection, unions + union
+    assert evaluated["num_images"] == len(sizes)
+    assert 0.5 < evaluated["mean_iou"] < 0.99  # a real score, not a trivial one
+    assert np.mean(ious) == pytest.approx(evaluated["mean_iou"], abs=tolerance)
+    assert intersections / unions == pytest.approx(evaluated["dataset_iou"], abs=tolerance)
+    print(f"mean IoU: evaluate {evaluated['mean_iou']:.6f}, segment + numpy {np.mean(ious):.6f}; "
+          f"dataset IoU: {evaluated['dataset_iou']:.6f}, {intersections / unions:.6f}")

@@ -132,6 +132,9 @@ MIRRORED_CODE = textwrap.dedent(
             keras.utils.set_random_seed(1)
             generator = build_generator(cfg)
             generator(np.zeros((1, cfg.model.latent_dim), np.float32))  # built, as loaded from generator.keras
+            for w in generator.weights:  # style generator: its noise on, as in a trained one (zero at init)
+                if "noise_strength" in w.path:
+                    w.assign(np.full(w.shape, 0.5, np.float32))
             trainer = build_segmentation_trainer(cfg, generator)
         result[name] = {"replicas": strategy.num_replicas_in_sync, "gan": fit(gan), "segment": fit(trainer)}
         for key, weights in (("g", gan.generator.weights), ("d", gan.discriminator.weights),
@@ -165,6 +168,23 @@ def test_mirrored_strategy_on_two_devices_matches_one_device(tmp_path):
 
 
 @pytest.mark.slow
+def test_mirrored_style_generator_matches_one_device(tmp_path):
+    """The same equivalence with model.generator=style: its per-layer noise maps and style-mixing
+    choices are per-replica draws, so 2 replicas draw the rows one device draws for the global
+    batch (drawn on each replica alone, both halves would get the same noise and mixing). Noise
+    is on in both stages: the GAN's noise strengths are trained from step 1 on, the segmentation
+    stage's generator has them set to 0.5."""
+    cfg = tiny_config(model={"generator": "style", "mapping_layers": 2, "style_mixing_prob": 0.5})
+    single, mirrored, arrays = run_one_device_and_mirrored(cfg, tmp_path)
+    for stage in ("gan", "segment"):
+        assert_same_logs(single[stage], mirrored[stage], stage)
+    names = [k.split("/", 1)[1] for k in arrays.files if k.startswith("default/")]
+    for name in names:
+        np.testing.assert_allclose(arrays[f"mirrored/{name}"], arrays[f"default/{name}"], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+@pytest.mark.slow
 def test_mirrored_shifted_fraction_shifts_each_replicas_last_rows(tmp_path):
     """segment.shifted_fraction > 0 under MirroredStrategy, the README's one exception to the test
     above: each replica shifts the last row of its 2 (one device: the last 2 of 4). The GAN stage
@@ -187,7 +207,7 @@ def run_one_device_and_mirrored(cfg, tmp_path):
     """MIRRORED_CODE in a subprocess: (one device's logs, 2 replicas' logs, the weights of both)."""
     out = tmp_path / "weights.npz"
     proc = subprocess.run([sys.executable, "-c", MIRRORED_CODE, json.dumps(cfg.to_dict()), str(out)],
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("RESULT")][-1][6:])
     single, mirrored = result["default"], result["mirrored"]

@@ -7,9 +7,10 @@ from helpers import coded_crop_position, to_uint8
 from PIL import Image
 
 from keras_layered.data.folder import (
-    FolderScan, _shorter_side_size, find_image_mask_pairs, folder_dataset, load_mask, scan_folder,
+    FolderScan, find_image_mask_pairs, folder_dataset, load_mask, scan_folder,
 )
 from keras_layered.data.spec import DataSpec, parse_data_spec
+from keras_layered.segment import _shorter_side_size
 
 W, H = 40, 30  # every test image is 40 wide, 30 high unless said otherwise
 

@@ -1,4 +1,5 @@
 import collections
+import heapq
 
 import keras
 import numpy as np
@@ -9,9 +10,9 @@ from helpers import assert_config_round_trip
 from keras_layered.layers import LargestComponent
 
 
-def reference(masks, threshold=0.5):
-    """Breadth-first search over 8-neighbours: the masks with all but the largest regions zeroed."""
-    out = np.zeros_like(masks)
+def largest_regions(masks, threshold=0.5):
+    """Breadth-first search over 8-neighbours: (B, H, W) bool, the largest regions of mask > threshold."""
+    keep = np.zeros(masks.shape[:3], bool)
     for b, mask in enumerate(masks[..., 0]):
         inside = mask > threshold
         labels = np.zeros(mask.shape, int)
@@ -25,15 +26,38 @@ def reference(masks, threshold=0.5):
             while queue:
                 i, j = queue.popleft()
                 areas[-1] += 1
-                for di in (-1, 0, 1):
-                    for dj in (-1, 0, 1):
-                        n = (i + di, j + dj)
-                        if 0 <= n[0] < mask.shape[0] and 0 <= n[1] < mask.shape[1] and inside[n] and not labels[n]:
-                            labels[n] = labels[start]
-                            queue.append(n)
+                for n in neighbours(i, j, mask.shape):
+                    if inside[n] and not labels[n]:
+                        labels[n] = labels[start]
+                        queue.append(n)
         if max(areas):
-            keep = np.isin(labels, [k for k, a in enumerate(areas) if a == max(areas) and k])
-            out[b, ..., 0] = np.where(keep, mask, 0.0)
+            keep[b] = np.isin(labels, [k for k, a in enumerate(areas) if a == max(areas) and k])
+    return keep
+
+
+def neighbours(i, j, shape):
+    return [(i + di, j + dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)
+            if (di or dj) and 0 <= i + di < shape[0] and 0 <= j + dj < shape[1]]
+
+
+def reference(masks, threshold=0.5):
+    """Each pixel's widest path to the largest regions (Dijkstra with a max-heap): the highest v
+    such that a path of pixels all >= v joins it to them, the pixel included; 0 if none."""
+    out = np.zeros_like(masks)
+    for b, keep in enumerate(largest_regions(masks, threshold)):
+        mask, best = masks[b, ..., 0], out[b, ..., 0]
+        best[keep] = mask[keep]
+        heap = [(-best[p], p) for p in zip(*np.nonzero(keep))]
+        heapq.heapify(heap)
+        while heap:
+            value, (i, j) = heapq.heappop(heap)
+            if -value < best[i, j]:
+                continue
+            for n in neighbours(i, j, mask.shape):
+                reach = min(-value, mask[n])
+                if reach > best[n]:
+                    best[n] = reach
+                    heapq.heappush(heap, (-reach, n))
     return out
 
 
@@ -50,6 +74,27 @@ def test_keeps_the_largest_region_with_its_soft_values_by_hand():
     expected = np.zeros_like(masks)
     expected[0, 4:6, 3:6, 0] = 0.55
     np.testing.assert_array_equal(run(masks), expected)
+
+
+def test_soft_values_joined_to_the_largest_region_stay_by_hand():
+    masks = np.zeros((1, 7, 10, 1), "float32")
+    masks[0, 1:4, 1:4, 0] = 0.9  # 9 pixels: the largest region
+    masks[0, 4, 1:4, 0] = [0.3, 0.45, 0.2]  # its soft edge: stays
+    masks[0, 5, 0, 0] = 0.25  # joined through the edge's 0.3: stays
+    masks[0, 5, 4, 0] = 0.4  # joined only through the edge's 0.2: 0.2
+    masks[0, 2, 4:6, 0] = [0.4, 0.3]  # a soft bridge to ...
+    masks[0, 1:3, 6:8, 0] = 0.8  # ... a 4-pixel region, joined at 0.3 (its bridge's lowest pixel)
+    masks[0, 5:7, 7, 0] = 0.7  # a 2-pixel region, detached: zeroed
+    masks[0, 2, 9, 0] = 0.35  # detached: zeroed
+    expected = masks.copy()
+    expected[0, 5, 4, 0] = 0.2
+    expected[0, 1:3, 6:8, 0] = 0.3
+    expected[0, 5:7, 7, 0] = expected[0, 2, 9, 0] = 0.0
+    out = run(masks)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out, reference(masks))
+    # Above the threshold, the largest region alone, as a plain largest-region filter keeps it.
+    np.testing.assert_array_equal(out[..., 0] > 0.5, largest_regions(masks))
 
 
 def test_diagonal_neighbours_are_connected_and_ties_are_all_kept():
@@ -79,7 +124,9 @@ def test_matches_a_breadth_first_search_on_random_masks_per_image():
     masks = np.random.default_rng(0).random((6, 16, 16, 1)).astype("float32") ** 2  # many small regions
     out = run(masks)
     np.testing.assert_array_equal(out, reference(masks))
-    assert (out > 0).sum() < (masks > 0.5).sum()  # something was removed
+    assert (out > 0.5).sum() < (masks > 0.5).sum()  # regions were removed ...
+    assert ((out > 0) & (out <= 0.5)).sum() > 0.2 * out[0].size  # ... soft values kept
+    np.testing.assert_array_equal(out[..., 0] > 0.5, largest_regions(masks))
     np.testing.assert_array_equal(run(masks, threshold=0.2), reference(masks, 0.2))
 
 

@@ -19,6 +19,17 @@ class ChannelMean(keras.Model):
         return (ops.mean(images, axis=-1, keepdims=True) + 1.0) / 2.0  # (B, H, W, 1)
 
 
+class FixedMask(keras.Model):
+    """Whatever the images, the same (H, W, 1) mask."""
+
+    def __init__(self, mask, **kwargs):
+        super().__init__(**kwargs)
+        self.mask = np.asarray(mask, np.float32)
+
+    def call(self, images):
+        return ops.tile(ops.convert_to_tensor(self.mask)[None], (ops.shape(images)[0], 1, 1, 1))
+
+
 @pytest.fixture(scope="module")
 def unet_segmenter():
     keras.utils.set_random_seed(0)
@@ -42,6 +53,11 @@ def solid(path, rgb, size=(10, 6)):
 
 def read(path):
     return np.asarray(Image.open(path))
+
+
+def centre(mask):
+    """The middle of a `solid` image's mask: inside the model's centre crop, beyond its edge's blur."""
+    return mask[2:4, 4:6]
 
 
 # Mixed folder: name -> (width, height) of the image as written.
@@ -169,16 +185,26 @@ def test_channel_mean_masks_by_hand(mean_segmenter, tmp_path):
     binary = segment_images(mean_segmenter, [tmp_path], tmp_path / "binary")
     soft = segment_images(mean_segmenter, [tmp_path], tmp_path / "soft", soft=True)
 
+    # 40 x 30 -> 24 x 18 (shorter side 1.125 x 16), centre crop rows 1-16, columns 4-19: the image's
+    # rows 1.7-28.3 and columns 6.7-33.3, symmetric about the edge at column 20.
     mask = read(binary.masks[tmp_path / "halves.png"])
-    np.testing.assert_array_equal(mask[:, :20], 0)  # the resizes are mirror-symmetric about the edge
-    np.testing.assert_array_equal(mask[:, 20:], 255)
+    np.testing.assert_array_equal(mask[:, :20], 0)
+    np.testing.assert_array_equal(mask[3:27, 20:32], 255)
+    np.testing.assert_array_equal(mask[:, 35:], 0)  # white, but outside the crop
+    np.testing.assert_array_equal(mask[[0, 29]], 0)
     soft_halves = read(soft.masks[tmp_path / "halves.png"]).astype(int)
     np.testing.assert_array_equal(soft_halves[:, :15], 0)  # beyond the bilinear kernels' reach
-    np.testing.assert_array_equal(soft_halves[:, 25:], 255)
-    np.testing.assert_array_equal(soft_halves + soft_halves[:, ::-1], 255)
-    assert np.all(np.diff(soft_halves, axis=1) >= 0) and 0 < soft_halves[0, 19] < 128 < soft_halves[0, 20] < 255
+    np.testing.assert_array_equal(soft_halves[3:27, 25:32], 255)
+    np.testing.assert_array_equal(soft_halves[:, 35:], 0)
+    inside = soft_halves[3:27, 8:32]  # columns c and 39 - c
+    np.testing.assert_array_equal(inside + inside[:, ::-1], 255)
+    assert np.all(np.diff(inside, axis=1) >= 0) and 0 < soft_halves[5, 19] < 128 < soft_halves[5, 20] < 255
 
-    np.testing.assert_allclose(read(soft.masks[tmp_path / "gray.png"]), 110, atol=1)
+    # 23 x 11 -> 38 x 18, crop columns 11-26: the image's columns 6.7-16.3.
+    gray = read(soft.masks[tmp_path / "gray.png"])
+    np.testing.assert_allclose(gray[2:9, 8:15], 110, atol=1)
+    np.testing.assert_array_equal(gray[:, :5], 0)
+    np.testing.assert_array_equal(gray[:, 18:], 0)
     np.testing.assert_array_equal(read(binary.masks[tmp_path / "gray.png"]), 0)  # 110 / 255 < 0.5
 
 
@@ -186,7 +212,26 @@ def test_channel_mean_masks_by_hand(mean_segmenter, tmp_path):
 def test_threshold(mean_segmenter, tmp_path, threshold, expected):
     path = solid(tmp_path / "gray.png", (110, 110, 110))  # 110 / 255 = 0.431
     result = segment_images(mean_segmenter, [path], tmp_path / "out", threshold=threshold)
-    np.testing.assert_array_equal(read(result.masks[path]), expected)
+    np.testing.assert_array_equal(centre(read(result.masks[path])), expected)
+
+
+def test_largest_component_keeps_soft_values_for_soft_masks_and_low_thresholds(tmp_path):
+    """With largest_component, the object's soft surroundings reach --soft and --threshold below
+    0.5; a detached region is removed at every level."""
+    mask = np.zeros((32, 32, 1), np.float32)
+    mask[6:25, 6:25] = 0.35  # the object's soft surroundings, 4 pixels wide ...
+    mask[10:21, 10:21] = 0.9  # ... around the object
+    mask[27:30, 27:30] = 0.9  # detached, 2 pixels away
+    segmenter = Segmenter(FixedMask(mask), 32, largest_component=True)
+    path = solid(tmp_path / "x.png", (0, 0, 0), size=(32, 32))
+    masks = {name: read(segment_images(segmenter, [path], tmp_path / name, **kwargs).masks[path]).astype(int)
+             for name, kwargs in {"soft": {"soft": True}, "low": {"threshold": 0.3}, "half": {}}.items()}
+    halo, detached = (8, 15), (27, 27)
+    assert 0.3 * 255 < masks["soft"][halo] < 0.4 * 255
+    assert masks["low"][halo] == 255 and masks["half"][halo] == 0
+    assert (masks["low"] > masks["half"]).sum() > 100  # the whole ring: 19^2 - 11^2 = 240 pixels of 0.35
+    assert masks["soft"][detached] == masks["low"][detached] == masks["half"][detached] == 0
+    assert masks["half"][15, 15] == masks["low"][15, 15] == 255 and masks["soft"][15, 15] >= 229
 
 
 def test_same_stem_collisions(mean_segmenter, tmp_path):
@@ -201,7 +246,7 @@ def test_same_stem_collisions(mean_segmenter, tmp_path):
         assert {image.relative_to(images).as_posix(): path.relative_to(out).as_posix()
                 for image, path in result.masks.items()} == expected
         for image, path in result.masks.items():  # each mask is its own image's, none overwritten
-            np.testing.assert_allclose(read(path), colours[image.relative_to(images).as_posix()][0], atol=1)
+            np.testing.assert_allclose(centre(read(path)), colours[image.relative_to(images).as_posix()][0], atol=1)
 
     out = tmp_path / "masks"
     check(segment_images(mean_segmenter, [images / "a" / "x.jpg", images / "b"], out, soft=True), out,

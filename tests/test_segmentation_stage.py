@@ -122,7 +122,7 @@ def test_shifted_fraction_shifts_the_last_generated_images_and_drops_their_laten
         return [x * 0.0 for x in tensors]
 
     def inversion_spy(images, training):
-        seen.setdefault("images", images)
+        seen.setdefault("images", []).append(images)
         return inversion(images, training=training)
 
     inversion = t.inversion
@@ -138,7 +138,8 @@ def test_shifted_fraction_shifts_the_last_generated_images_and_drops_their_laten
     assert predicted.shape == target.shape == (BATCH, RES, RES, 1)
     np.testing.assert_allclose(target[:2], layers["mask"], atol=1e-6)  # the unshifted generator masks
     assert target[:2].max() > 0 and not target[2:].any()  # the shifted ones: the stub's
-    images = keras.ops.convert_to_numpy(seen["images"])  # generated, then real
+    assert len(seen["images"]) == 2  # one pass on the generated images, one on the real ones
+    images = np.concatenate([keras.ops.convert_to_numpy(x) for x in seen["images"]])  # generated, then real
     assert images.shape == (2 * BATCH, RES, RES, 3)
     expected = keras.ops.convert_to_numpy(composite(layers["background"], layers["foreground"], layers["mask"]))
     np.testing.assert_allclose(images[:2], expected, atol=1e-6)

@@ -33,6 +33,7 @@ from keras_layered.segment import (
     find_images,
     load_image,
     open_image,
+    resize_shorter_side,
 )
 
 __all__ = ["FolderScan", "find_image_mask_pairs", "folder_dataset", "load_mask", "scan_folder"]
@@ -181,14 +182,6 @@ def load_mask(path) -> np.ndarray:
     return values >= (1 if values.max(initial=0) <= 1 else half)
 
 
-def _shorter_side_size(size, shorter):
-    """(W, H) scaled so that min(W, H) == `shorter`, the other side rounded."""
-    width, height = size
-    if width <= height:
-        return shorter, max(shorter, round(height * shorter / width))
-    return max(shorter, round(width * shorter / height)), shorter
-
-
 class _Reader:
     """Pair index -> (uint8 (H', W', 3) image, with the 0/1 mask as a 4th channel if masks are
     wanted; whether it was read), the shorter side resized to `shorter`. Runs inside
@@ -219,8 +212,8 @@ class _Reader:
 
     def read(self, image_path, mask_path):
         image = Image.fromarray(load_image(image_path))
-        size = _shorter_side_size(image.size, self.shorter)
-        rgb = np.asarray(image.resize(size, Image.Resampling.BILINEAR) if size != image.size else image)
+        rgb = np.asarray(resize_shorter_side(image, self.shorter))
+        size = (rgb.shape[1], rgb.shape[0])
         if not self.with_masks:
             return rgb
         mask = Image.fromarray(load_mask(mask_path).astype(np.uint8))  # 0/1, mode "L"

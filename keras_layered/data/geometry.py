@@ -9,6 +9,8 @@ training, flips it horizontally with probability 0.5. Image and mask travel as o
 
 import tensorflow as tf
 
+from keras_layered.segment import centre_crop_box
+
 __all__ = ["check_crop_scale", "crop_and_flip", "shorter_side_size", "to_floats"]
 
 
@@ -37,8 +39,7 @@ def crop_and_flip(pixels, position, resolution, *, training, flip, seed):
     """
     crop_shape = (resolution, resolution, pixels.shape[-1])
     if not training:
-        top = (tf.shape(pixels)[0] - resolution) // 2
-        left = (tf.shape(pixels)[1] - resolution) // 2
+        top, left = centre_crop_box(tf.shape(pixels)[0], tf.shape(pixels)[1], resolution)  # as `segment` crops
         return tf.ensure_shape(pixels[top:top + resolution, left:left + resolution], crop_shape)
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
         tf.stack([tf.constant(seed, tf.int64), tf.cast(position, tf.int64)]), 2))

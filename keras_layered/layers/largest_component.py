@@ -6,19 +6,29 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="keras_layered")
 class LargestComponent(keras.layers.Layer):
-    """Zeroes every mask pixel outside the largest 8-connected region of `mask > threshold`.
+    """Keeps, at every level, the part of each mask connected to its largest region.
 
     Why: on images with one object (the built-in scenes, a bird, a car), a segmenter's mistakes are
     mostly small detached fragments, e.g. along a sharp edge in the background that the generator
-    never learned to paint. Keeping the largest region removes them. Values inside the kept region
-    are left as they are, so soft masks stay soft. Regions tied for the largest are all kept.
+    never learned to paint. Keeping the largest region removes them.
 
-    Components are found by label propagation: every pixel above the threshold starts with its own
+    What is kept: the object is the largest 8-connected region of `mask > threshold` (regions tied
+    for the largest are all kept). A pixel keeps its value v when a path of pixels all >= v joins
+    it to the object; otherwise it gets the highest level v' < v at which such a path exists (0 for
+    a pixel that only zeros separate from the object). So at every level t <= threshold,
+    `output >= t` is the 8-connected region of `mask >= t` that holds the object, and above the
+    threshold it is the object's own pixels >= t: thresholding the output at any level gives that
+    level's largest-object mask, and soft values around the object (its soft edge, a faint part of
+    it) stay as they are. This is the morphological reconstruction by dilation of the mask from the
+    object (Vincent 1993): the object's values, grown by 3x3 max-pools clipped to the mask until
+    nothing changes. Values of the object itself are never changed.
+
+    Regions are found by label propagation: every pixel above the threshold starts with its own
     label and takes the largest label of its 3x3 neighbourhood until nothing changes (a loop of
     max-pools, as many as the longest path inside a region), then each label's area is counted.
 
     Args:
-        threshold: a pixel belongs to the object where mask > threshold.
+        threshold: a pixel belongs to a region where mask > threshold.
 
     Call: masks (B, H, W, 1) in [0, 1] -> masks (B, H, W, 1), float32.
     """
@@ -39,7 +49,7 @@ class LargestComponent(keras.layers.Layer):
         labels = ops.reshape(ops.arange(1, pixels + 1, dtype="float32"), (1, shape[1], shape[2], 1)) * inside
 
         def spread(labels, _):
-            new = ops.max_pool(labels, 3, strides=1, padding="same", data_format="channels_last") * inside
+            new = _max_pool(labels) * inside
             return new, ops.any(new != labels)
 
         labels, _ = ops.while_loop(lambda _, changed: changed, spread, (labels, ops.array(True)))
@@ -49,7 +59,15 @@ class LargestComponent(keras.layers.Layer):
         areas = ops.segment_sum(ops.reshape(inside, (-1,)), ids, num_segments=batch * (pixels + 1))
         area = ops.reshape(ops.take(areas, ids), shape)
         largest = ops.max(area, axis=(1, 2, 3), keepdims=True)
-        return masks * ops.cast(ops.logical_and(area == largest, area > 0), "float32")
+        kept = masks * ops.cast(ops.logical_and(area == largest, area > 0), "float32")
+
+        def grow(kept, _):
+            # Never above the mask, never below `kept`: exact values, and the loop ends.
+            new = ops.minimum(_max_pool(kept), masks)
+            return new, ops.any(new != kept)
+
+        kept, _ = ops.while_loop(lambda _, changed: changed, grow, (kept, ops.array(True)))
+        return kept
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -58,3 +76,7 @@ class LargestComponent(keras.layers.Layer):
         config = super().get_config()
         config.update(threshold=self.threshold)
         return config
+
+
+def _max_pool(x):
+    return ops.max_pool(x, 3, strides=1, padding="same", data_format="channels_last")

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_layered import distribute
 from keras_layered.models.widths import check_resolution, level_widths
 
 _SLOPE = 0.2  # LeakyReLU slope used throughout StyleGAN.
@@ -233,7 +234,8 @@ class StyleLayeredGenerator(keras.Model):
         style_mixing_prob: in training, the probability per sample of switching to the w of
             a second random z from a random layer on.
         seed: seed of the generator's own noise and style-mixing draws (weight init follows
-            `keras.utils.set_random_seed`).
+            `keras.utils.set_random_seed`). They are per-replica draws (`distribute`): under
+            tf.distribute each replica gets its rows of what one device draws for the global batch.
 
     Call: z (B, latent_dim) -> {"background": (B, H, W, 3) in [-1, 1],
     "foreground": (B, H, W, 3) in [-1, 1], "mask": (B, H, W, 1) in [0, 1]}.
@@ -318,7 +320,7 @@ class StyleLayeredGenerator(keras.Model):
 
     def _draw_noise(self, batch):
         return [
-            keras.random.normal((batch, size, size, 1), dtype=self.compute_dtype, seed=self.seed_generator)
+            distribute.normal((batch, size, size, 1), self.seed_generator, dtype=self.compute_dtype)
             for size in self.noise_sizes
         ]
 
@@ -326,9 +328,9 @@ class StyleLayeredGenerator(keras.Model):
         """Per sample, with probability style_mixing_prob, use the w of a fresh z from a
         random crossover layer in [1, num_ws) on; returns ws (B, num_ws, w_dim)."""
         batch = ops.shape(z)[0]
-        w_mix = self.mapping(keras.random.normal(ops.shape(z), dtype=z.dtype, seed=self.seed_generator))
-        crossover = keras.random.randint((batch, 1), 1, self.num_ws, seed=self.seed_generator)
-        mixed = keras.random.uniform((batch, 1), seed=self.seed_generator) < self.style_mixing_prob
+        w_mix = self.mapping(distribute.normal(ops.shape(z), self.seed_generator, dtype=z.dtype))
+        crossover = distribute.randint((batch, 1), self.seed_generator, 1, self.num_ws)
+        mixed = distribute.uniform((batch, 1), self.seed_generator) < self.style_mixing_prob
         crossover = ops.where(mixed, crossover, self.num_ws)  # num_ws: no layer switches
         use_mix = ops.arange(self.num_ws)[None, :] >= crossover  # (B, num_ws)
         return ops.where(use_mix[:, :, None], w_mix[:, None, :], w[:, None, :])  # (B, num_ws, w_dim)

@@ -153,11 +153,13 @@ class SegmentationTrainer(keras.Model):
         generated = composite(layers["background"], foreground, mask)
         variables = self.encoder.trainable_variables
         with tf.GradientTape() as tape:
-            decoded = self.inversion(ops.concatenate([generated, real], axis=0), training=True)  # both halves at once
+            # One pass per half, not one on both: the style generator draws noise per row of its
+            # batch, and a replica's rows of a draw are one device's only for its share of one batch.
+            decoded = self.inversion(generated, training=True)
             latent_loss = losses.latent_regression_loss(decoded["latent"][:unshifted], z[:unshifted])
-            mask_loss = losses.mask_cross_entropy(decoded["mask"][:n], mask)
-            reconstruction = decoded["composite"]
-            reconstruction_loss = losses.reconstruction_loss(reconstruction[n:], real)
+            mask_loss = losses.mask_cross_entropy(decoded["mask"], mask)
+            reconstruction = self.inversion(real, training=True)["composite"]
+            reconstruction_loss = losses.reconstruction_loss(reconstruction, real)
             terms = {"latent_loss": latent_loss, "mask_loss": mask_loss, "reconstruction_loss": reconstruction_loss}
             loss = (
                 self.latent_weight * latent_loss
@@ -165,7 +167,7 @@ class SegmentationTrainer(keras.Model):
                 + self.reconstruction_weight * reconstruction_loss
             )
             if self.perceptual_weight:
-                features = self.feature_extractor(ops.concatenate([reconstruction[n:], real], axis=0))
+                features = self.feature_extractor(ops.concatenate([reconstruction, real], axis=0))
                 terms["perceptual_loss"] = losses.reconstruction_loss(features[:n], features[n:])
                 loss += self.perceptual_weight * terms["perceptual_loss"]
             scaled_loss = self.encoder_optimizer.scale_loss(loss * distribute.replica_scale())
