@@ -196,6 +196,11 @@ def invoke(*args):
 
 def test_train_data_option_sets_the_source_and_names_the_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # --dry-run checks the data as train does: a missing folder is refused, an existing one passes.
+    result = invoke("train", "--data", "folder:data/CUB_200_2011", "--dry-run")
+    assert result.exit_code == 2 and "data/CUB_200_2011 does not exist" in result.output
+    (tmp_path / "data/CUB_200_2011/images/001").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "data/CUB_200_2011/images/001/a.png")
     result = invoke("train", "--data", "folder:data/CUB_200_2011", "--dry-run")
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.output)["data"]["source"] == "folder:data/CUB_200_2011"
