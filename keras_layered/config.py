@@ -121,6 +121,7 @@ class DistributeConfig:
 
     strategy: str = "auto"  # auto: MirroredStrategy when > 1 GPU is visible; default; mirrored; multi_worker (TF_CONFIG)
     mixed_precision: str = "none"  # none (float32), mixed_float16 (GPU, loss-scaled), mixed_bfloat16, or auto (fastest here)
+    onednn: bool | str = "auto"  # TensorFlow's oneDNN CPU kernels: auto (on with AVX2 + FMA), true, false
 
 
 @dataclasses.dataclass
@@ -136,8 +137,10 @@ class Config:
     def to_dict(self):
         return dataclasses.asdict(self)
 
-    def save(self, path):
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def save(self, path, comment=""):
+        """Writes the config as YAML, after `comment` (lines of "# " comments, which loading skips)."""
+        head = "".join(f"# {line}\n" for line in comment.splitlines())
+        Path(path).write_text(head + yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 _CHOICES = {
@@ -147,6 +150,7 @@ _CHOICES = {
     "segment.serve": ("distilled", "encoder"),
     "distribute.strategy": ("auto", "default", "mirrored", "multi_worker"),
     "distribute.mixed_precision": ("auto", "none", "mixed_float16", "mixed_bfloat16"),
+    "distribute.onednn": ("auto", True, False),
 }
 
 
@@ -211,7 +215,7 @@ def _check_ranges(cfg):
     _check_data_source(cfg.data.source)
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {_get(cfg, key)!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {_get(cfg, key)!r}")
 
 
 def _check_data_source(source):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import keras
 
-from keras_layered import distribute
+from keras_layered import distribute, kernels
 from keras_layered.config import ConfigError
 from keras_layered.data.sources import evaluation_split
 from keras_layered.evaluation import evaluate_segmenter
@@ -77,8 +77,12 @@ def train(cfg, run_dir, stage="all", verbose="auto"):
     # The run's config names the precision it trains in: a resume on other hardware keeps it
     # (float16 adds loss-scaling state to the checkpoint).
     precision = distribute.resolve_precision(cfg.distribute.mixed_precision)
-    cfg = dataclasses.replace(cfg, distribute=dataclasses.replace(cfg.distribute, mixed_precision=precision))
-    cfg.save(run_dir / "config.yaml")
+    # The kernels are recorded too: oneDNN as it ran, the ISA and threads in a comment.
+    state = kernels.check_onednn(cfg.distribute.onednn)
+    onednn = {"on": True, "off": False}.get(state["onednn"], cfg.distribute.onednn)
+    cfg = dataclasses.replace(cfg, distribute=dataclasses.replace(cfg.distribute, mixed_precision=precision,
+                                                                  onednn=onednn))
+    cfg.save(run_dir / "config.yaml", comment=f"trained with: {kernels.describe(state)}")
     if stage in ("gan", "all"):
         train_gan(cfg, run_dir, verbose)
     if stage in ("encoder", "all"):
