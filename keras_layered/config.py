@@ -27,6 +27,7 @@ class DataConfig:
     seed: int = 0  # seed of the built-in training scenes; of shuffles, crops and flips of real images
     eval_seed: int = 12345  # seed of the held-out built-in scenes used for evaluation
     eval_scenes: int = 512  # number of held-out scenes evaluated
+    eval_images: int = 512  # folders / datasets: images with masks scored, a fixed subset (data.eval_seed); 0 = all
     crop_scale: float = 1.125  # real images: shorter side resized to crop_scale * resolution, then cropped
     flip: bool = True  # real images: random horizontal flips in training
     cache: bool = False  # real images: keep them decoded and resized in memory (datasets that fit)
@@ -181,6 +182,7 @@ def _check_ranges(cfg):
         ("train.sample_every", cfg.train.sample_every >= 1, ">= 1"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, ">= 1"),
         ("data.eval_scenes", cfg.data.eval_scenes >= 1, ">= 1"),
+        ("data.eval_images", cfg.data.eval_images >= 0, ">= 0 (0 = all the images with masks)"),
         ("data.crop_scale", cfg.data.crop_scale >= 1.0, ">= 1 (the crop must fit in the resized image)"),
         ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 1, ">= 1"),
         ("segment.steps", cfg.segment.steps >= 1, ">= 1"),

@@ -59,6 +59,24 @@ def fit_steps(model, dataset_from, done, steps, steps_per_epoch, checkpoint, cal
                       steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
 
 
+def with_progress(batches, label, verbose=1):
+    """Yields the batches of the tf.data.Dataset `batches`, after printing `label`, with a progress
+    bar of the batches done (of all, when the dataset knows its length); none with verbose 0."""
+    if not verbose:
+        yield from batches
+        return
+    cardinality = int(batches.cardinality())
+    print(label, flush=True)
+    bar = keras.utils.Progbar(cardinality if cardinality > 0 else None, unit_name="batch")
+    done = 0
+    for batch in batches:
+        yield batch  # scored before the bar moves on
+        done += 1
+        bar.update(done)
+    if cardinality <= 0:
+        bar.update(done, finalize=True)
+
+
 def train(cfg, run_dir, stage="all", verbose="auto"):
     """Runs the `stage`s of `cfg` in `run_dir` ("gan", "encoder" = the segmentation stage, or "all");
     returns the evaluation of the segmentation stage, or None after the GAN stage alone."""
@@ -163,7 +181,9 @@ def train_segmentation(cfg, run_dir, verbose="auto", generator=None):
                  "with python cli.py evaluate --model %s --data SOURCE_WITH_MASKS", cfg.data.source, run_dir)
         return {}
     eval_data = build_eval_dataset(cfg)
-    results = {method: evaluate_segmenter(seg, eval_data) for method, seg in segmenters.items()}
+    results = {method: evaluate_segmenter(seg, with_progress(eval_data, f"scoring {method} on {evaluated_on}",
+                                                             verbose))
+               for method, seg in segmenters.items()}
     evaluation = {"data": cfg.data.source, "evaluated_on": evaluated_on, "served": s.serve, "results": results}
     if cfg.data.source == "synthetic":
         evaluation["eval_seed"] = cfg.data.eval_seed
