@@ -175,23 +175,28 @@ over the images (mean IoU); dataset IoU pools all pixels. --data synthetic: held
 scenes (data.eval_seed, data.eval_scenes and data.difficulty of the run's config.yaml when
 --model is in a run directory). --data folder:PATH: the images with ground-truth masks, e.g.
 CUB's images/ + segmentations/ or images/ + masks/ with the same stems. --data tfds:NAME: the
-dataset's test split (caltech_birds2011, oxford_iiit_pet), read from the run's data.data_dir.""")
+dataset's test split (caltech_birds2011, oxford_iiit_pet), read from the run's data.data_dir.
+Folders and datasets: data.eval_images of them (512; a fixed subset drawn with data.eval_seed,
+the first ones of a test split), or all with --all.""")
 @click.option("--model", required=True, help="Segmenter .keras file or run directory.")
 @click.option("--data", "spec", metavar="SPEC",
               help="synthetic, folder:PATH or tfds:NAME [default: the run's data.source, else synthetic].")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="JSON file for the scores [default: evaluation_<model>_<data>.json beside the model].")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-def evaluate(model, spec, out_path, batch_size):
+@click.option("--all", "score_all", is_flag=True, help="Score every image with a mask of a folder or dataset "
+              "[default: data.eval_images of them].")
+def evaluate(model, spec, out_path, batch_size, score_all):
     """Score a segmenter's masks against ground truth: mean IoU, Dice, pixel accuracy."""
-    from keras_layered.data.sources import evaluation_dataset
+    from keras_layered.data.sources import evaluation_dataset, evaluation_split
     from keras_layered.data.spec import parse_data_spec
     from keras_layered.evaluation import evaluate_segmenter
+    from keras_layered.training.run import with_progress
 
     path = _segmenter_path(model)
     segmenter = _load_segmenter(path)
     try:
-        data = _run_data_config(path.parent, spec, segmenter.resolution)
+        data = _run_data_config(path.parent, spec, segmenter.resolution, score_all)
         dataset = evaluation_dataset(data, batch_size)
     except (ConfigError, ValueError, OSError) as err:
         raise click.BadParameter(str(err), param_hint="--data") from err
@@ -200,7 +205,7 @@ def evaluate(model, spec, out_path, batch_size):
                 "<stem>.*)" if data.source.startswith("folder:") else "")
         raise click.BadParameter(f"{data.source} has no ground-truth masks to score against{hint}",
                                  param_hint="--data")
-    scores = evaluate_segmenter(segmenter, dataset)
+    scores = evaluate_segmenter(segmenter, with_progress(dataset, f"scoring {path.stem} on {evaluation_split(data)}"))
     click.echo(_score_table({path.stem: scores}))
     name = parse_data_spec(data.source).short_name
     out_path = Path(out_path) if out_path else path.with_name(f"evaluation_{path.stem}_{name}.json")
@@ -208,12 +213,13 @@ def evaluate(model, spec, out_path, batch_size):
     click.echo(f"wrote {out_path}")
 
 
-def _run_data_config(run_dir, spec, resolution):
+def _run_data_config(run_dir, spec, resolution, score_all=False):
     """The config of the run in `run_dir` (its config.yaml, else the defaults) with `spec` as
-    data.source when given and the model's resolution: the run's data options (data_dir, crop,
-    held-out scenes) apply to the data scored against."""
+    data.source when given and the model's resolution (and every image with a mask if `score_all`):
+    the run's data options (data_dir, crop, held-out scenes) apply to the data scored against."""
     run_config = Path(run_dir) / "config.yaml"
     overrides = [f"data.resolution={resolution}"] + ([f"data.source={json.dumps(spec)}"] if spec else [])
+    overrides += ["data.eval_images=0"] if score_all else []
     return load_config(run_config if run_config.is_file() else None, overrides).data
 
 

@@ -18,10 +18,11 @@ as a SavedModel and loaded back (its `serving_default` signature, as TF Serving 
 in turns. Every rate is also given per second of this process' CPU time (`*_per_cpu_s`), which
 other work on the machine disturbs much less than wall-clock rates.
 
-Peak: on CPU, cores x clock (/proc/cpuinfo) x FP32 FLOPs per cycle per core (32 for two 256-bit
-FMA pipes, as on AMD Zen 4, which also runs AVX-512 on them; 64 for Intel's two 512-bit units);
-an estimate, since the clock is the nominal one and turbo, SMT siblings and the host's other
-tenants are unknown. On an NVIDIA
+Peak: on CPU, cores x clock (/proc/cpuinfo) x FP32 FLOPs per cycle per core of the vector ISA
+oneDNN runs (ONEDNN_MAX_CPU_ISA caps it; printed with oneDNN's state and the threads): 32 for
+AVX2's two 256-bit FMA pipes (2 x 8 lanes x 2), also AMD Zen 4's AVX-512 on them; 64 for Intel's
+two 512-bit units; doubled for bfloat16 with AVX512_BF16. An estimate, since the clock is the
+nominal one and turbo, SMT siblings and the host's other tenants are unknown. On an NVIDIA
 GPU, the datasheet's dense FP32 peak (or tensor-core peak under mixed precision) of known models;
 `--peak-gflops` overrides either.
 """
@@ -48,26 +49,31 @@ GPU_PEAKS = {"H200": (67_000, 989_000), "H100": (67_000, 989_000), "A100": (19_5
              "L4": (30_300, 121_000), "A10": (31_200, 125_000), "V100": (15_700, 125_000), "T4": (8_100, 65_000)}
 
 
-def cpu_peak(precision="none"):
-    """(GFLOP/s, how it was estimated) of this machine's CPU cores at FP32, or at bfloat16 under
-    mixed_bfloat16 where the CPU has AVX512_BF16 (its dot product does twice an FMA's FLOPs; AMX
+def cpu_peak(precision="none", isa=None, cpuinfo="/proc/cpuinfo"):
+    """(GFLOP/s, how it was estimated) of this machine's CPU cores at FP32 with the vector ISA that
+    oneDNN uses (`kernels.vector_isa`: ONEDNN_MAX_CPU_ISA caps it), or at bfloat16 under
+    mixed_bfloat16 where AVX512_BF16 is in use (its dot product does twice an FMA's FLOPs; AMX
     tiles do far more, which this estimate leaves out: give --peak-gflops on such CPUs)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    from keras_layered import kernels
+
+    info = Path(cpuinfo).read_text() if Path(cpuinfo).is_file() else ""
     lines = [line.split(":", 1) for line in info.splitlines() if ":" in line]
     field = {k.strip(): v.strip() for k, v in reversed(lines)}  # the first processor's values
     cores = os.cpu_count() or 1
     mhz = float(field.get("cpu MHz", 0.0))
     flags = field.get("flags", "").split()
-    # Two FMA pipes: 256 bits wide (AVX2; AMD Zen 4 also runs AVX-512 on them), or 512 bits on
-    # Intel cores with AVX-512 (some have one such unit: then it is half, give --peak-gflops).
-    if "fma" not in flags:
+    isa = isa or kernels.vector_isa(flags)
+    # Two FMA pipes: 256 bits wide (AVX2: 2 x 8 lanes x 2 FLOPs; AMD Zen 4 also runs AVX-512 on
+    # them), or 512 bits on Intel cores running AVX-512 (some have one such unit: then it is half,
+    # give --peak-gflops).
+    if isa == "SSE":
         per_cycle, why = 8, "SSE, no FMA"
-    elif "avx512f" in flags and field.get("vendor_id") == "GenuineIntel":
-        per_cycle, why = 64, "two 512-bit FMA units"
+    elif isa in ("AVX-512", "AMX") and field.get("vendor_id") == "GenuineIntel":
+        per_cycle, why = 64, "AVX-512: two 512-bit FMA units"
     else:
-        per_cycle, why = 32, "two 256-bit FMA pipes"
+        per_cycle, why = 32, f"{'AVX2' if isa == 'AVX2' else 'AVX-512'}: two 256-bit FMA pipes"
     kind = "FP32"
-    if precision == "mixed_bfloat16" and "avx512_bf16" in flags:
+    if precision == "mixed_bfloat16" and "avx512_bf16" in flags and isa in ("AVX-512", "AMX"):
         per_cycle, why, kind = 2 * per_cycle, why + ", doubled by AVX512_BF16 dot products", "BF16"
     if not mhz:
         return None, "unknown: no clock in /proc/cpuinfo"
@@ -78,6 +84,8 @@ def cpu_peak(precision="none"):
 
 def machine(precision, peak_override):
     import tensorflow as tf
+
+    from keras_layered import kernels
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -92,7 +100,8 @@ def machine(precision, peak_override):
         device = f"CPU, {os.cpu_count()} cores"
     if peak_override:
         peak, how = peak_override, "given with --peak-gflops"
-    return {"device": device, "peak_gflops": peak, "peak_estimate": how, "tensorflow": tf.__version__}
+    return {"device": device, "peak_gflops": peak, "peak_estimate": how, "tensorflow": tf.__version__,
+            "kernels": kernels.kernel_state()}
 
 
 def graph_flops(graph):
@@ -235,7 +244,7 @@ def main(config_path, overrides, resolutions, seconds, infer_batch, peak_gflops,
 
     import keras
 
-    from keras_layered import distribute
+    from keras_layered import distribute, kernels
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # the v1 profiler's deprecation notes
     warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
@@ -261,8 +270,8 @@ def main(config_path, overrides, resolutions, seconds, infer_batch, peak_gflops,
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "results": results,
     }
-    print(f"\n{info['device']}; peak {info['peak_gflops'] or '?'} GFLOP/s ({info['peak_estimate']}); "
-          f"mixed_precision={precision}, jit_compile={base.train.jit_compile}; "
+    print(f"\n{info['device']}; {kernels.describe(info['kernels'])}; peak {info['peak_gflops'] or '?'} GFLOP/s "
+          f"({info['peak_estimate']}); mixed_precision={precision}, jit_compile={base.train.jit_compile}; "
           f"load average {report['load_average_before_after'][0]} -> {report['load_average_before_after'][1]}")
     print(table(results, info["peak_gflops"]))
     print("(n): images per second of this process' CPU time")

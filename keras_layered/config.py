@@ -27,6 +27,7 @@ class DataConfig:
     seed: int = 0  # seed of the built-in training scenes; of shuffles, crops and flips of real images
     eval_seed: int = 12345  # seed of the held-out built-in scenes used for evaluation
     eval_scenes: int = 512  # number of held-out scenes evaluated
+    eval_images: int = 512  # folders / datasets: images with masks scored, a fixed subset (data.eval_seed); 0 = all
     crop_scale: float = 1.125  # real images: shorter side resized to crop_scale * resolution, then cropped
     flip: bool = True  # real images: random horizontal flips in training
     cache: bool = False  # real images: keep them decoded and resized in memory (datasets that fit)
@@ -122,6 +123,7 @@ class DistributeConfig:
 
     strategy: str = "auto"  # auto: MirroredStrategy when > 1 GPU is visible; default; mirrored; multi_worker (TF_CONFIG)
     mixed_precision: str = "none"  # none (float32), mixed_float16 (GPU, loss-scaled), mixed_bfloat16, or auto (fastest here)
+    onednn: bool | str = "auto"  # TensorFlow's oneDNN CPU kernels: auto (on with AVX2 + FMA), true, false
 
 
 @dataclasses.dataclass
@@ -137,8 +139,10 @@ class Config:
     def to_dict(self):
         return dataclasses.asdict(self)
 
-    def save(self, path):
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def save(self, path, comment=""):
+        """Writes the config as YAML, after `comment` (lines of "# " comments, which loading skips)."""
+        head = "".join(f"# {line}\n" for line in comment.splitlines())
+        Path(path).write_text(head + yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 _CHOICES = {
@@ -148,6 +152,7 @@ _CHOICES = {
     "segment.serve": ("distilled", "encoder"),
     "distribute.strategy": ("auto", "default", "mirrored", "multi_worker"),
     "distribute.mixed_precision": ("auto", "none", "mixed_float16", "mixed_bfloat16"),
+    "distribute.onednn": ("auto", True, False),
 }
 
 
@@ -182,6 +187,7 @@ def _check_ranges(cfg):
         ("train.sample_every", cfg.train.sample_every >= 1, ">= 1"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, ">= 1"),
         ("data.eval_scenes", cfg.data.eval_scenes >= 1, ">= 1"),
+        ("data.eval_images", cfg.data.eval_images >= 0, ">= 0 (0 = all the images with masks)"),
         ("data.crop_scale", cfg.data.crop_scale >= 1.0, ">= 1 (the crop must fit in the resized image)"),
         ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 1, ">= 1"),
         ("segment.steps", cfg.segment.steps >= 1, ">= 1"),
@@ -216,7 +222,7 @@ def _check_ranges(cfg):
     _check_data_source(cfg.data.source)
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {_get(cfg, key)!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {_get(cfg, key)!r}")
 
 
 def _check_data_source(source):

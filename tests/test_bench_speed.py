@@ -26,6 +26,33 @@ def test_graph_flops_of_a_matmul_a_conditional_one_and_an_unused_one():
     assert speed.graph_flops(step.get_concrete_function(*specs).graph) == (48, 32)
 
 
+XEON = "vendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\ncpu MHz\t\t: 2100.000\nflags\t\t: avx2 fma avx512f avx512_bf16 amx_tile\n"
+
+
+@pytest.mark.parametrize("isa, precision, gflops, why", [
+    ("AVX2", "none", 2 * 2.1 * 32, "32 FP32 FLOPs/cycle (AVX2: two 256-bit FMA pipes)"),
+    ("AVX2", "mixed_bfloat16", 2 * 2.1 * 32, "32 FP32"),  # no bfloat16 instructions under AVX2
+    ("AVX-512", "none", 2 * 2.1 * 64, "64 FP32 FLOPs/cycle (AVX-512: two 512-bit FMA units)"),
+    ("AVX-512", "mixed_bfloat16", 2 * 2.1 * 128, "128 BF16 FLOPs/cycle"),
+])
+def test_cpu_peak_of_the_isa_in_use(isa, precision, gflops, why, tmp_path, monkeypatch):
+    speed = load_script("bench/speed.py")
+    (tmp_path / "cpuinfo").write_text(XEON)
+    monkeypatch.setattr(speed.os, "cpu_count", lambda: 2)
+    peak, how = speed.cpu_peak(precision, isa, tmp_path / "cpuinfo")
+    assert peak == pytest.approx(gflops) and why in how and how.startswith("2 cores x 2.10 GHz")
+
+
+def test_cpu_peak_follows_the_onednn_isa_cap(tmp_path, monkeypatch):
+    speed = load_script("bench/speed.py")
+    (tmp_path / "cpuinfo").write_text(XEON)
+    monkeypatch.setattr(speed.os, "cpu_count", lambda: 2)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert speed.cpu_peak("none", cpuinfo=tmp_path / "cpuinfo")[0] == pytest.approx(2 * 2.1 * 32)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert speed.cpu_peak("none", cpuinfo=tmp_path / "cpuinfo")[0] == pytest.approx(2 * 2.1 * 64)
+
+
 @pytest.mark.slow
 def test_tiny_run_writes_the_table_and_json(tmp_path):
     speed = load_script("bench/speed.py")
@@ -36,6 +63,9 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     assert "train img/s" in result.output and "infer SavedModel img/s" in result.output
     report = json.loads(out.read_text())
     assert report["peak_gflops"] is None or report["peak_gflops"] > 0
+    kernels = report["kernels"]
+    assert kernels["onednn"] in ("on", "off") and kernels["isa"] in ("AMX", "AVX-512", "AVX2", "SSE")
+    assert f"oneDNN {kernels['onednn']}, {kernels['isa']}" in result.output
     (row,) = report["results"]
     train, inference = row["train"], row["inference"]
     assert row["resolution"] == 8 and train["batch_size"] == 8 and train["timed_steps"] >= 3

@@ -142,6 +142,31 @@ def test_folder_evaluation_has_the_images_with_masks(tmp_path, cache):
     assert masks[0, 8, 8, 0] == 1.0 and masks[0, 0, 8, 0] == 0.0
 
 
+def test_evaluation_subset_is_seeded_bounded_and_in_order():
+    pairs = [(f"image_{i}", f"mask_{i}") for i in range(100)]
+    chosen = sources.evaluation_subset(pairs, 10, seed=12345)
+    assert len(chosen) == 10 and len(set(chosen)) == 10 and set(chosen) <= set(pairs)
+    assert chosen == sorted(chosen, key=pairs.index)  # the folder's order
+    assert chosen == sources.evaluation_subset(pairs, 10, seed=12345)  # the same images every time
+    assert chosen != sources.evaluation_subset(pairs, 10, seed=1)
+    assert chosen[0] != pairs[0] or chosen[-1] != pairs[9]  # drawn from all, not the first ten
+    assert sources.evaluation_subset(pairs, 0, seed=12345) == pairs  # 0 = all
+    assert sources.evaluation_subset(pairs[:5], 10, seed=12345) == pairs[:5]
+
+
+def test_folder_evaluation_scores_a_fixed_subset(tmp_path):
+    root = make_cub(tmp_path / "cub")  # 6 images with masks
+    data = data_config(f"folder:{root}", eval_images=4)
+    assert sources.evaluation_split(data) == ("4 of the 6 images with masks (data.eval_seed 12345; also trained "
+                                              "on, without the masks)")
+    first = np.concatenate([b["image"].numpy() for b in sources.evaluation_dataset(data, 3)])
+    again = np.concatenate([b["image"].numpy() for b in sources.evaluation_dataset(data, 4)])
+    assert first.shape == (4, 16, 16, 3) and np.array_equal(first, again)
+    everything = np.concatenate([b["image"].numpy() for b in sources.evaluation_dataset(
+        data_config(f"folder:{root}", eval_images=0), 4)])
+    assert len(everything) == 6 and sum(any(np.array_equal(x, y) for y in everything) for x in first) == 4
+
+
 def test_folder_without_masks_is_not_scored(tmp_path):
     data = data_config(f"folder:{make_cub(tmp_path / 'cub', masks=False)}")
     assert sources.evaluation_split(data) is None and sources.evaluation_dataset(data, 4) is None
@@ -159,9 +184,12 @@ def test_tfds_sources_through_build():
     with tfds.testing.mock_data(num_examples=3):
         assert next(iter(build_dataset(cfg, 2))).shape == (2, 16, 16, 3)
         assert [len(b["mask"]) for b in build_eval_dataset(cfg, 2)] == [2, 1]
+        few = config_from_dict({"data": {"source": "tfds:caltech_birds2011", "resolution": 16, "eval_images": 2}})
+        assert [len(b["mask"]) for b in build_eval_dataset(few, 4)] == [2]  # the first 2 of the test split
         flowers = config_from_dict({"data": {"source": "tfds:oxford_flowers102", "resolution": 16}})
         assert build_eval_dataset(flowers) is None
-    assert sources.evaluation_split(cfg.data) == "the test split"
+    assert sources.evaluation_split(cfg.data) == "the test split, its first 512 images"
+    assert sources.evaluation_split(data_config("tfds:caltech_birds2011", eval_images=0)) == "the test split"
     assert sources.evaluation_split(data_config("tfds:lsun/car")) is None
 
 
@@ -231,19 +259,25 @@ def test_train_then_evaluate_on_a_cub_folder(tmp_path):
     cub = make_cub(tmp_path / "CUB_200_2011")
     run = tmp_path / "run"
     args = ["train", "--config", REPO / "configs" / "cub_64.yaml", "--data", f"folder:{cub}", "--out", run]
-    for key, value in {**TINY, "model.generator": "dcgan", "loss.penalty_every": 2}.items():
+    for key, value in {**TINY, "model.generator": "dcgan", "loss.penalty_every": 2, "data.eval_images": 4}.items():
         args += ["--set", f"{key}={value}"]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert "mean IoU" in result.output and f"done: {run}" in result.output
+    assert "scoring distilled on 4 of the 6 images with masks" in result.output  # then its progress bar
+    assert "\r      1/" in result.output.split("scoring distilled on")[1]  # batch 1 of 1 (or of "Unknown")
     evaluation = json.loads((run / "evaluation.json").read_text())
-    assert evaluation["data"] == f"folder:{cub}" and evaluation["results"]["distilled"]["num_images"] == 6
+    assert evaluation["data"] == f"folder:{cub}" and evaluation["results"]["distilled"]["num_images"] == 4
 
-    result = invoke("evaluate", "--model", run)  # the run's own data by default
+    result = invoke("evaluate", "--model", run)  # the run's own data by default, its 4 images
     assert result.exit_code == 0, result.output
     scores = json.loads((run / "evaluation_segmenter_CUB_200_2011.json").read_text())
-    assert scores["num_images"] == 6 and scores["mean_iou"] == pytest.approx(
+    assert scores["num_images"] == 4 and scores["mean_iou"] == pytest.approx(
         evaluation["results"]["distilled"]["mean_iou"], abs=1e-6)
+    result = invoke("evaluate", "--model", run, "--all", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    assert "scoring segmenter on the images with masks" in result.output and "\r      2/" in result.output
+    assert json.loads((run / "evaluation_segmenter_CUB_200_2011.json").read_text())["num_images"] == 6
 
     plain = make_cub(tmp_path / "no_masks", masks=False)
     result = invoke("evaluate", "--model", run, "--data", f"folder:{plain}")

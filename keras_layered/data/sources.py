@@ -11,6 +11,7 @@ naming data.source, so the command line reports them without a traceback.
 
 import dataclasses
 import logging
+import random
 
 from keras_layered.config import ConfigError
 from keras_layered.data.spec import parse_data_spec
@@ -79,8 +80,17 @@ def reference_dataset(data, batch_size, num_images):
     return dataset.unbatch().take(num_images).batch(batch_size)
 
 
+def evaluation_subset(pairs, limit, seed):
+    """`limit` of `pairs` (all when `limit` is 0 or there are no more), drawn with `seed` and kept in
+    their order: the same images for every call, whatever the machine."""
+    if not limit or len(pairs) <= limit:
+        return list(pairs)
+    return [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), limit))]
+
+
 def _folder_scan_with_masks(data, spec):
-    """The scan of the folder restricted to the images that have a mask, or None if none has one."""
+    """The scan of the folder restricted to the images that have a mask (`data.eval_images` of
+    them, `evaluation_subset`), or None if none has one."""
     from keras_layered.data.folder import FolderScan, scan_folder
 
     scan = scan_folder(spec.path_or_name)
@@ -90,7 +100,11 @@ def _folder_scan_with_masks(data, spec):
     if len(pairs) < len(scan.pairs):
         log.info("%s: %d of %d images have a ground-truth mask; evaluating on those", data.source, len(pairs),
                  len(scan.pairs))
-    return FolderScan(scan.root, pairs, scan.skipped, scan.mask_folders)
+    chosen = evaluation_subset(pairs, data.eval_images, data.eval_seed)
+    if len(chosen) < len(pairs):
+        log.info("%s: scoring %d of the %d images with masks (data.eval_images; 0 = all)", data.source,
+                 len(chosen), len(pairs))
+    return FolderScan(scan.root, chosen, scan.skipped, scan.mask_folders)
 
 
 def evaluation_split(data):
@@ -102,12 +116,19 @@ def evaluation_split(data):
         from keras_layered.data.folder import find_image_mask_pairs
 
         pairs = _about_source(data, lambda: find_image_mask_pairs(spec.path_or_name))
-        with_masks = any(mask is not None for _, mask in pairs)
-        return "the images with masks (also trained on, without the masks)" if with_masks else None
+        masked = sum(mask is not None for _, mask in pairs)
+        if not masked:
+            return None
+        if data.eval_images and masked > data.eval_images:
+            return (f"{data.eval_images} of the {masked} images with masks (data.eval_seed {data.eval_seed}; "
+                    f"also trained on, without the masks)")
+        return "the images with masks (also trained on, without the masks)"
     from keras_layered.data.tfds import check_dataset_name
 
     entry = _about_source(data, lambda: check_dataset_name(spec.path_or_name))
-    return None if entry.eval_split is None else f"the {entry.eval_split} split"
+    if entry.eval_split is None:
+        return None
+    return f"the {entry.eval_split} split" + (f", its first {data.eval_images} images" if data.eval_images else "")
 
 
 def evaluation_dataset(data, batch_size):
@@ -124,7 +145,8 @@ def evaluation_dataset(data, batch_size):
         return _about_source(data, lambda: _real(data, spec, batch_size, with_masks=True, training=False, scan=scan))
     if evaluation_split(data) is None:
         return None
-    return _about_source(data, lambda: _real(data, spec, batch_size, with_masks=True, training=False))
+    dataset = _about_source(data, lambda: _real(data, spec, batch_size, with_masks=True, training=False))
+    return dataset.unbatch().take(data.eval_images).batch(batch_size) if data.eval_images else dataset
 
 
 def check_available(data):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import keras
 
-from keras_layered import distribute
+from keras_layered import distribute, kernels
 from keras_layered.config import ConfigError, load_config
 from keras_layered.data.sources import check_available, evaluation_split
 from keras_layered.evaluation import evaluate_segmenter
@@ -59,6 +59,24 @@ def fit_steps(model, dataset_from, done, steps, steps_per_epoch, checkpoint, cal
                       steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
 
 
+def with_progress(batches, label, verbose=1):
+    """Yields the batches of the tf.data.Dataset `batches`, after printing `label`, with a progress
+    bar of the batches done (of all, when the dataset knows its length); none with verbose 0."""
+    if not verbose:
+        yield from batches
+        return
+    cardinality = int(batches.cardinality())
+    print(label, flush=True)
+    bar = keras.utils.Progbar(cardinality if cardinality > 0 else None, unit_name="batch")
+    done = 0
+    for batch in batches:
+        yield batch  # scored before the bar moves on
+        done += 1
+        bar.update(done)
+    if cardinality <= 0:
+        bar.update(done, finalize=True)
+
+
 def train(cfg, run_dir, stage="all", verbose="auto"):
     """Runs the `stage`s of `cfg` in `run_dir` ("gan", "encoder" = the segmentation stage, or "all");
     returns the evaluation of the segmentation stage, or None after the GAN stage alone."""
@@ -74,8 +92,12 @@ def train(cfg, run_dir, stage="all", verbose="auto"):
     # The run's config names the precision it trains in: a resume on other hardware keeps it
     # (float16 adds loss-scaling state to the checkpoint).
     precision = distribute.resolve_precision(cfg.distribute.mixed_precision)
-    cfg = dataclasses.replace(cfg, distribute=dataclasses.replace(cfg.distribute, mixed_precision=precision))
-    cfg.save(run_dir / "config.yaml")
+    # The kernels are recorded too: oneDNN as it ran, the ISA and threads in a comment.
+    state = kernels.check_onednn(cfg.distribute.onednn)
+    onednn = {"on": True, "off": False}.get(state["onednn"], cfg.distribute.onednn)
+    cfg = dataclasses.replace(cfg, distribute=dataclasses.replace(cfg.distribute, mixed_precision=precision,
+                                                                  onednn=onednn))
+    cfg.save(run_dir / "config.yaml", comment=f"trained with: {kernels.describe(state)}")
     if stage in ("gan", "all"):
         train_gan(cfg, run_dir, verbose)
     if stage in ("encoder", "all"):
@@ -222,7 +244,9 @@ def train_segmentation(cfg, run_dir, verbose="auto", generator=None):
                  "with python cli.py evaluate --model %s --data SOURCE_WITH_MASKS", cfg.data.source, run_dir)
         return {}
     eval_data = build_eval_dataset(cfg)
-    results = {method: evaluate_segmenter(seg, eval_data) for method, seg in segmenters.items()}
+    results = {method: evaluate_segmenter(seg, with_progress(eval_data, f"scoring {method} on {evaluated_on}",
+                                                             verbose))
+               for method, seg in segmenters.items()}
     evaluation = {"data": cfg.data.source, "evaluated_on": evaluated_on, "served": s.serve, "results": results}
     if cfg.data.source == "synthetic":
         evaluation["eval_seed"] = cfg.data.eval_seed
