@@ -1,4 +1,5 @@
-"""Export for serving: TensorFlow SavedModels (for TF Serving) and `.keras` files of a trained run.
+"""Export for serving: TensorFlow SavedModels (for TF Serving), `.keras` files of a trained run, and
+ONNX models of the segmenter (for onnxruntime; needs the `onnx` extra: tf2onnx + onnxruntime).
 
 TensorFlow only: a SavedModel is a TensorFlow graph, whatever Keras backend trained the weights.
 """
@@ -6,11 +7,12 @@ TensorFlow only: a SavedModel is a TensorFlow graph, whatever Keras backend trai
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_layered.layers import composite
 
-__all__ = ["describe_signatures", "export_generator", "export_run", "export_segmenter"]
+__all__ = ["describe_signatures", "export_generator", "export_onnx", "export_run", "export_segmenter"]
 
 
 def _archive(model, input_shape):
@@ -19,6 +21,16 @@ def _archive(model, input_shape):
     archive = keras.export.ExportArchive()
     archive.track(model)
     return archive
+
+
+def _segment_function(segmenter, dtype):
+    r = segmenter.resolution
+    spec = tf.TensorSpec([None, r, r, 3], dtype, name="images")
+
+    def segment(images):
+        return {"mask": segmenter(images)}
+
+    return segment, spec
 
 
 def export_segmenter(segmenter, directory):
@@ -39,12 +51,9 @@ def export_segmenter(segmenter, directory):
     """
     r = segmenter.resolution
     archive = _archive(segmenter, (None, r, r, 3))
-
-    def segment(images):
-        return {"mask": segmenter(images)}
-
     for name, dtype in (("serving_default", tf.float32), ("serving_uint8", tf.uint8)):
-        archive.add_endpoint(name, segment, input_signature=[tf.TensorSpec([None, r, r, 3], dtype, name="images")])
+        segment, spec = _segment_function(segmenter, dtype)
+        archive.add_endpoint(name, segment, input_signature=[spec])
     archive.write_out(str(directory), verbose=False)
     return Path(directory)
 
@@ -72,13 +81,65 @@ def export_generator(generator, directory):
     return Path(directory)
 
 
-def export_run(segmenter, generator, out_dir):
+ONNX_FILES = {"float32": "segmenter.onnx", "uint8": "segmenter_uint8.onnx"}
+
+
+def export_onnx(segmenter, directory):
+    """Writes `segmenter` as two ONNX models (tf2onnx), the SavedModel's two signatures:
+    directory/segmenter.onnx takes `images` float32 (None, R, R, 3) like `serving_default`,
+    directory/segmenter_uint8.onnx takes uint8 ones like `serving_uint8`; both output `mask`
+    float32 (None, R, R, 1), `LargestComponent` included. Each file is checked after conversion:
+    onnxruntime's masks on random images must equal the segmenter's within 1e-4.
+
+    Raises ImportError naming the `onnx` extra if tf2onnx or onnxruntime is missing, and
+    ValueError for an encoder path that refines latents (gradient steps inside the graph, which
+    tf2onnx cannot convert). Returns {"float32": path, "uint8": path}.
+    """
+    try:
+        import onnxruntime
+        import tf2onnx
+    except ImportError as err:
+        raise ImportError(f"ONNX export needs tf2onnx and onnxruntime ({err}): pip install -e \".[onnx]\"") from err
+    refine_steps = getattr(segmenter.network, "refine_steps", 0)
+    if refine_steps:
+        raise ValueError(
+            f"ONNX export: this segmenter refines each image's latent with {refine_steps} gradient steps "
+            f"(segment.refine_steps), ops that tf2onnx cannot convert. Export the distilled U-Net "
+            f"(`python cli.py export --method distilled --onnx`) or serve this one as a SavedModel.")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    r = segmenter.resolution
+    probe = np.random.default_rng(0).uniform(0, 255, (2, r, r, 3))
+    paths = {}
+    for dtype, name in ONNX_FILES.items():
+        segment, spec = _segment_function(segmenter, tf.as_dtype(dtype))
+        proto, _ = tf2onnx.convert.from_function(tf.function(segment), input_signature=[spec])
+        images = probe.astype(dtype) if dtype == "uint8" else (probe / 255).astype(dtype)
+        try:
+            session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+            masks = session.run(["mask"], {"images": images})[0]
+        except Exception as err:  # onnxruntime's errors share no public base class
+            raise RuntimeError(f"ONNX export: onnxruntime cannot run the converted segmenter ({err}); "
+                               f"serve the SavedModel instead") from err
+        difference = np.abs(masks - keras.ops.convert_to_numpy(segmenter(images))).max()
+        if difference > 1e-4:
+            raise RuntimeError(f"ONNX export: the converted {dtype} segmenter's masks differ from the Keras "
+                               f"model's by up to {difference:.2g}; serve the SavedModel instead")
+        paths[dtype] = directory / name
+        paths[dtype].write_bytes(proto.SerializeToString())
+    return paths
+
+
+def export_run(segmenter, generator, out_dir, onnx=False):
     """Writes out_dir/{segmenter, generator}/ (SavedModels, see above) and
     out_dir/{segmenter, generator}.keras; returns their paths under the keys "segmenter",
-    "generator", "segmenter_keras" and "generator_keras".
+    "generator", "segmenter_keras" and "generator_keras". With `onnx`, also the segmenter's ONNX
+    files (`export_onnx`) under "segmenter_onnx" and "segmenter_uint8_onnx".
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # ONNX first: what it refuses, it refuses before anything is written.
+    onnx_paths = export_onnx(segmenter, out_dir) if onnx else {}
     paths = {
         "segmenter": export_segmenter(segmenter, out_dir / "segmenter"),
         "generator": export_generator(generator, out_dir / "generator"),
@@ -87,6 +148,8 @@ def export_run(segmenter, generator, out_dir):
     }
     segmenter.save(paths["segmenter_keras"])
     generator.save(paths["generator_keras"])
+    if onnx:
+        paths.update(segmenter_onnx=onnx_paths["float32"], segmenter_uint8_onnx=onnx_paths["uint8"])
     return paths
 
 
