@@ -4,6 +4,7 @@ ONNX models of the segmenter (for onnxruntime; needs the `onnx` extra: tf2onnx +
 TensorFlow only: a SavedModel is a TensorFlow graph, whatever Keras backend trained the weights.
 """
 
+import logging
 from pathlib import Path
 
 import keras
@@ -13,6 +14,8 @@ import tensorflow as tf
 from keras_layered.layers import composite
 
 __all__ = ["describe_signatures", "export_generator", "export_onnx", "export_run", "export_segmenter"]
+
+log = logging.getLogger("keras_layered")
 
 
 def _archive(model, input_shape):
@@ -84,16 +87,45 @@ def export_generator(generator, directory):
 ONNX_FILES = {"float32": "segmenter.onnx", "uint8": "segmenter_uint8.onnx"}
 
 
-def export_onnx(segmenter, directory):
-    """Writes `segmenter` as two ONNX models (tf2onnx), the SavedModel's two signatures:
-    directory/segmenter.onnx takes `images` float32 (None, R, R, 3) like `serving_default`,
-    directory/segmenter_uint8.onnx takes uint8 ones like `serving_uint8`; both output `mask`
-    float32 (None, R, R, 1), `LargestComponent` included. Each file is checked after conversion:
-    onnxruntime's masks on random images must equal the segmenter's within 1e-4.
+def _with_float32_policies(config):
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _with_float32_policies(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_with_float32_policies(value) for value in config]
+    return config
+
+
+def in_float32(segmenter):
+    """`segmenter` itself if it computes in float32, else a copy with its weights that does: a
+    model built under mixed precision (bfloat16 / float16 layers) rebuilt under float32 policies."""
+    config = keras.saving.serialize_keras_object(segmenter)
+    float32 = _with_float32_policies(config)
+    if float32 == config:
+        return segmenter
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("float32")  # for the layers built without a dtype
+    try:
+        copy = keras.saving.deserialize_keras_object(float32)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    copy.set_weights(segmenter.get_weights())
+    return copy
+
+
+def export_onnx(segmenter, directory, dtypes=("float32", "uint8")):
+    """Writes `segmenter` as ONNX models (tf2onnx), one per input dtype in `dtypes`, like the
+    SavedModel's two signatures: directory/segmenter.onnx takes `images` float32 (None, R, R, 3)
+    as `serving_default` does, directory/segmenter_uint8.onnx uint8 ones as `serving_uint8`; both
+    output `mask` float32 (None, R, R, 1), `LargestComponent` included. A segmenter computing in
+    bfloat16 or float16 (mixed precision) is converted in float32 (`in_float32`): onnxruntime's CPU
+    kernels have no such convolutions. Each file is checked after conversion: onnxruntime's masks
+    on random images must equal those of the (float32) segmenter within 1e-4.
 
     Raises ImportError naming the `onnx` extra if tf2onnx or onnxruntime is missing, and
     ValueError for an encoder path that refines latents (gradient steps inside the graph, which
-    tf2onnx cannot convert). Returns {"float32": path, "uint8": path}.
+    tf2onnx cannot convert). Returns {dtype: path}.
     """
     try:
         import onnxruntime
@@ -106,12 +138,17 @@ def export_onnx(segmenter, directory):
             f"ONNX export: this segmenter refines each image's latent with {refine_steps} gradient steps "
             f"(segment.refine_steps), ops that tf2onnx cannot convert. Export the distilled U-Net "
             f"(`python cli.py export --method distilled --onnx`) or serve this one as a SavedModel.")
+    float32 = in_float32(segmenter)
+    if float32 is not segmenter:
+        log.info("ONNX export: the segmenter computes in %s; its ONNX models compute in float32",
+                 segmenter.dtype_policy.name)
+    segmenter = float32
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     r = segmenter.resolution
     probe = np.random.default_rng(0).uniform(0, 255, (2, r, r, 3))
     paths = {}
-    for dtype, name in ONNX_FILES.items():
+    for dtype in dtypes:
         segment, spec = _segment_function(segmenter, tf.as_dtype(dtype))
         proto, _ = tf2onnx.convert.from_function(tf.function(segment), input_signature=[spec])
         images = probe.astype(dtype) if dtype == "uint8" else (probe / 255).astype(dtype)
@@ -125,7 +162,7 @@ def export_onnx(segmenter, directory):
         if difference > 1e-4:
             raise RuntimeError(f"ONNX export: the converted {dtype} segmenter's masks differ from the Keras "
                                f"model's by up to {difference:.2g}; serve the SavedModel instead")
-        paths[dtype] = directory / name
+        paths[dtype] = directory / ONNX_FILES[dtype]
         paths[dtype].write_bytes(proto.SerializeToString())
     return paths
 
