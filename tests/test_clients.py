@@ -110,7 +110,8 @@ def tf_serving_rest_predict(saved_model, body):
     else:
         (name,) = specs
         columns = {name: instances}
-    tensors = {name: tf.constant(np.asarray(values, specs[name].dtype.as_numpy_dtype)) for name, values in columns.items()}
+    tensors = {name: tf.constant(np.asarray(values, specs[name].dtype.as_numpy_dtype))
+               for name, values in columns.items()}
     outputs = {name: value.numpy().tolist() for name, value in signature(**tensors).items()}
     if len(outputs) == 1:
         predictions = next(iter(outputs.values()))
@@ -172,6 +173,7 @@ def test_grpc_predict_request_gives_the_masks_of_predict(served, segmenter):
 @pytest.mark.skipif(not HAVE_ONNX, reason="the onnx extra (tf2onnx, onnxruntime) is not installed")
 @pytest.mark.parametrize("dtype, name", [("float", "segmenter.onnx"), ("uint8", "segmenter_uint8.onnx")])
 def test_onnx_masks_equal_the_keras_models(exported, segmenter, dtype, name):
+    import onnx
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(exported.dir / name), providers=["CPUExecutionProvider"])
@@ -182,6 +184,12 @@ def test_onnx_masks_equal_the_keras_models(exported, segmenter, dtype, name):
     # The largest-component loop is in the ONNX graph: it removed regions the network found.
     plain = Segmenter(segmenter.network, RES).predict(pictures, verbose=0)
     assert ((plain > 0.5) & (masks == 0)).any()
+    # Its areas are one scatter-add, linear in the pixels, not tf2onnx's (segments x largest
+    # segment) matrix of a segment sum.
+    nodes = onnx.load(exported.dir / name).graph.node
+    assert [n.op_type for n in nodes if n.op_type in ("ScatterElements", "ScatterND", "Unique")] == ["ScatterElements"]
+    (scatter,) = [n for n in nodes if n.op_type == "ScatterElements"]
+    assert {a.name: a.s for a in scatter.attribute}.get("reduction") == b"add"
 
 
 def test_onnx_export_refuses_latent_refinement_naming_the_alternatives(tmp_path):
@@ -237,7 +245,7 @@ def test_onnx_export_checks_the_converted_masks(exported, tmp_path, monkeypatch)
     keras.utils.set_random_seed(5)
     other = Segmenter(UNet(RES, width=4, depth=2), RES, largest_component=True)
     converted = onnx.load(exported.dir / "segmenter.onnx")
-    monkeypatch.setattr(tf2onnx.convert, "from_function", lambda function, input_signature: (converted, None))
+    monkeypatch.setattr(tf2onnx.convert, "from_function", lambda *args, **kwargs: (converted, None))
     with pytest.raises(RuntimeError, match="float32 segmenter's masks differ from the Keras model's by up to"):
         export_onnx(other, tmp_path)
     assert not list(tmp_path.iterdir())
