@@ -101,7 +101,7 @@ def _with_float32_policies(config):
 def _segment_sum_as_scatter_add(ctx, node, name, args):
     """tf2onnx handler: UnsortedSegmentSum(data, ids, n) of 1-D data as one ScatterElements adding
     into n zeros (opset 16+). tf2onnx's own conversion builds an (n, largest segment) matrix: for
-    LargestComponent's areas, 530 MB and 4x the Keras model's time at 64 images of 32 px."""
+    LargestComponent's areas, 530 MB and 4x the SavedModel's time at 64 images of 32 px."""
     from onnx import TensorProto, numpy_helper
     from tf2onnx.graph_builder import GraphBuilder
     from tf2onnx.utils import map_onnx_to_numpy_type
