@@ -24,7 +24,7 @@ Examples:
   python cli.py train --config my.yaml --set perturb.max_shift=0 --dry-run
   python cli.py evaluate --model runs/synthetic         # mean IoU on held-out scenes
   python cli.py segment --model runs/synthetic photos/ --out masks/
-  python cli.py export --run runs/synthetic --out exported/
+  python cli.py export --run runs/synthetic --out exported/ --onnx
   python cli.py train --config configs/cub_64.yaml --data folder:data/CUB_200_2011
   python cli.py fid --run runs/CUB_200_2011             # FID of the generator vs its data"""
 )
@@ -223,18 +223,34 @@ def _run_data_config(run_dir, spec, resolution, score_all=False):
     return load_config(run_config if run_config.is_file() else None, overrides).data
 
 
+# What each artifact of `export` is for, and the client that loads it.
+ARTIFACT_USES = {
+    "segmenter": "SavedModel, images -> mask: TF Serving (REST :predict, gRPC Predict), "
+                 "tf.saved_model.load, saved_model_cli run",
+    "generator": "SavedModel, z -> layers: TF Serving, tf.saved_model.load",
+    "segmenter_keras": "Keras model: keras.saving.load_model after `import keras_layered`, then predict "
+                       "(examples/segment_images.ipynb)",
+    "generator_keras": "Keras model of the generator: keras.saving.load_model after `import keras_layered`",
+    "segmenter_onnx": "ONNX, images float32 [0, 1] or [0, 255] -> mask: onnxruntime.InferenceSession",
+    "segmenter_uint8_onnx": "ONNX, images uint8 -> mask: onnxruntime.InferenceSession",
+}
+
+
 @main.command(epilog="""\b
 Writes into --out: segmenter/ (SavedModel; serving_default: images float32 [batch, H, W, 3] in
 [0, 1] or [0, 255] -> mask [batch, H, W, 1]; serving_uint8: the same for uint8 images),
 generator/ (SavedModel; z -> composite, background, foreground, mask), and segmenter.keras,
-generator.keras for keras.saving.load_model (after `import keras_layered`).""")
+generator.keras for keras.saving.load_model (after `import keras_layered`). --onnx also writes
+segmenter.onnx and segmenter_uint8.onnx for onnxruntime (needs pip install -e ".[onnx]"; not for
+an encoder segmenter that refines latents).""")
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A run directory that finished `python cli.py train`.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Export directory.")
 @click.option("--method", type=click.Choice(["served", "encoder", "distilled"]), default="served",
               show_default=True, help="Which segmenter: the run's segment.serve one, or a named one.")
-def export(run_dir, out_dir, method):
-    """Export a trained run for TF Serving (SavedModel) and notebooks (.keras)."""
+@click.option("--onnx", is_flag=True, help="Also write the segmenter as ONNX models (tf2onnx).")
+def export(run_dir, out_dir, method, onnx):
+    """Export a trained run for TF Serving (SavedModel), notebooks (.keras) and onnxruntime (--onnx)."""
     import keras
 
     from keras_layered.export import describe_signatures, export_run
@@ -245,10 +261,16 @@ def export(run_dir, out_dir, method):
     generator_path = run_dir / "generator.keras"
     if not generator_path.is_file():
         raise click.BadParameter(f"{run_dir} holds no generator.keras: train it first", param_hint="--run")
-    paths = export_run(segmenter, keras.saving.load_model(generator_path), out_dir)
-    for key in ("segmenter", "generator"):
-        click.echo(f"{paths[key]} (SavedModel)\n{describe_signatures(paths[key])}")
-    click.echo(f"{paths['segmenter_keras']}\n{paths['generator_keras']}")
+    try:
+        paths = export_run(segmenter, keras.saving.load_model(generator_path), out_dir, onnx=onnx)
+    except (ImportError, ValueError) as err:  # the ONNX extra missing, a segmenter ONNX cannot express
+        raise click.UsageError(str(err)) from err
+    except RuntimeError as err:  # a converted ONNX model that fails its check
+        raise click.ClickException(str(err)) from err
+    for key, path in paths.items():
+        click.echo(f"{path}  {ARTIFACT_USES[key]}")
+        if key in ("segmenter", "generator"):
+            click.echo(describe_signatures(path))
 
 
 @main.command(epilog="""\b

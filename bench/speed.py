@@ -13,9 +13,9 @@ that run; branches taken conditionally (the lazy R1 / GP penalty) count 1 / `los
 of their FLOPs.
 
 Inference: the served segmenter (`segment.serve`, built untrained at that resolution) on a batch of
-float images in [0, 1]: the in-memory Keras model (`predict_on_batch`) and the same model exported
-as a SavedModel and loaded back (its `serving_default` signature, as TF Serving runs it), called
-in turns. Every rate is also given per second of this process' CPU time (`*_per_cpu_s`), which
+float images in [0, 1]: the in-memory Keras model (`predict_on_batch`), the same model exported
+as a SavedModel and loaded back (its `serving_default` signature, as TF Serving runs it) and, with
+the onnx extra installed, its ONNX export run by onnxruntime, called in turns. Every rate is also given per second of this process' CPU time (`*_per_cpu_s`), which
 other work on the machine disturbs much less than wall-clock rates.
 
 Peak: on CPU, cores x clock (/proc/cpuinfo) x FP32 FLOPs per cycle per core of the vector ISA
@@ -192,6 +192,25 @@ def rates(calls, images, seconds):
     return {name: (n / wall[name], n / cpu[name]) for name in calls}
 
 
+def onnx_calls(segmenter, directory):
+    """{"onnxruntime": images -> masks} of the segmenter's float32 ONNX export (`export_onnx`,
+    written under `directory`), run by onnxruntime on CPU; {} where the onnx extra is missing or
+    the segmenter does not convert (latent refinement)."""
+    import numpy as np
+
+    from keras_layered.export import export_onnx
+
+    try:
+        import onnxruntime
+
+        path = export_onnx(segmenter, Path(directory) / "onnx", dtypes=("float32",))["float32"]
+    except (ImportError, ValueError) as err:
+        print(f"no onnxruntime timing: {err}", flush=True)
+        return {}
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return {"onnxruntime": lambda x: session.run(["mask"], {"images": np.asarray(x)})[0]}
+
+
 def bench_inference(cfg, generator, batch_size, seconds):
     import numpy as np
     import tensorflow as tf
@@ -206,7 +225,8 @@ def bench_inference(cfg, generator, batch_size, seconds):
         export_segmenter(segmenter, directory)
         serve = tf.saved_model.load(directory).signatures["serving_default"]
         measured = rates({"keras": segmenter.predict_on_batch,
-                          "saved_model": lambda x: serve(images=x)["mask"].numpy()}, images, seconds)
+                          "saved_model": lambda x: serve(images=x)["mask"].numpy(),
+                          **onnx_calls(segmenter, directory)}, images, seconds)
     result = {"method": cfg.segment.serve, "batch_size": batch_size}
     for name, (per_s, per_cpu_s) in measured.items():
         result.update({f"{name}_images_per_s": per_s, f"{name}_images_per_cpu_s": per_cpu_s})
@@ -216,7 +236,7 @@ def bench_inference(cfg, generator, batch_size, seconds):
 def table(results, peak):
     """The results as rows; "(n)" after a rate is the same rate per CPU second of the process."""
     head = (f"{'px':>4}{'batch':>6}{'train img/s':>17}{'ms/iter':>9}{'GFLOP/iter':>11}{'GFLOP/s':>9}{'% peak':>7}"
-            f"{'infer Keras img/s':>19}{'infer SavedModel img/s':>24}")
+            f"{'infer Keras img/s':>19}{'infer SavedModel img/s':>24}{'infer ONNX img/s':>18}")
     lines = [head]
     for r in results:
         t, i = r["train"], r["inference"]
@@ -224,8 +244,11 @@ def table(results, peak):
         train = f"{t['images_per_s']:.0f} ({t['images_per_cpu_s']:.0f})"
         keras_rate = f"{i['keras_images_per_s']:.0f} ({i['keras_images_per_cpu_s']:.0f})"
         saved_rate = f"{i['saved_model_images_per_s']:.0f} ({i['saved_model_images_per_cpu_s']:.0f})"
+        onnx_rate = (f"{i['onnxruntime_images_per_s']:.0f} ({i['onnxruntime_images_per_cpu_s']:.0f})"
+                     if "onnxruntime_images_per_s" in i else "-")
         lines.append(f"{r['resolution']:>4}{t['batch_size']:>6}{train:>17}{t['ms_per_iteration']:>9.0f}"
-                     f"{t['gflop_per_iteration']:>11.2f}{t['gflop_per_s']:>9.1f}{share:>7}{keras_rate:>19}{saved_rate:>24}")
+                     f"{t['gflop_per_iteration']:>11.2f}{t['gflop_per_s']:>9.1f}{share:>7}{keras_rate:>19}{saved_rate:>24}"
+                     f"{onnx_rate:>18}")
     return "\n".join(lines)
 
 

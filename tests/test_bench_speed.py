@@ -1,6 +1,8 @@
 """bench/speed.py: its FLOP count on hand-computed graphs, and one tiny run end to end."""
 
+import importlib.util
 import json
+import sys
 
 import pytest
 import tensorflow as tf
@@ -74,3 +76,20 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     assert train["gflop_per_s"] == pytest.approx(train["gflop_per_iteration"] * 1000 / train["ms_per_iteration"])
     assert train["images_per_s"] > 0 and inference["keras_images_per_s"] > 0
     assert inference["saved_model_images_per_s"] > 0 and inference["method"] == "distilled"
+
+
+def test_onnx_calls_run_the_segmenters_onnx_export_or_nothing_without_the_extra(tmp_path, monkeypatch):
+    import keras
+    import numpy as np
+
+    from keras_layered.models import Segmenter, UNet
+
+    speed = load_script("bench/speed.py")
+    keras.utils.set_random_seed(0)
+    segmenter = Segmenter(UNet(8, width=4, depth=1), 8, largest_component=True)
+    images = tf.constant(np.random.default_rng(0).uniform(0, 1, (3, 8, 8, 3)).astype("float32"))
+    if importlib.util.find_spec("tf2onnx") and importlib.util.find_spec("onnxruntime"):
+        (call,) = speed.onnx_calls(segmenter, tmp_path / "a").values()
+        np.testing.assert_allclose(call(images), segmenter.predict_on_batch(images), atol=1e-4)
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import tf2onnx now raises ImportError
+    assert speed.onnx_calls(segmenter, tmp_path / "b") == {}
