@@ -112,9 +112,11 @@ def _default_run_dir(config_path, overrides):
 
 
 def _score_table(results):
-    lines = [f"{'method':<20}{'mean IoU':>10}{'Dice':>8}{'pixel acc':>11}{'dataset IoU':>13}{'images':>8}"]
+    lines = [f"{'method':<20}{'mean IoU':>10}{'inverted':>10}{'Dice':>8}{'pixel acc':>11}{'dataset IoU':>13}"
+             f"{'images':>8}"]
     for method, r in results.items():
-        lines.append(f"{method:<20}{r['mean_iou']:>10.3f}{r['mean_dice']:>8.3f}{r['pixel_accuracy']:>11.3f}"
+        lines.append(f"{method:<20}{r['mean_iou']:>10.3f}{r['mean_inverted_iou']:>10.3f}{r['mean_dice']:>8.3f}"
+                     f"{r['pixel_accuracy']:>11.3f}"
                      f"{r['dataset_iou']:>13.3f}{r['num_images']:>8d}")
     return "\n".join(lines)
 

@@ -54,6 +54,7 @@ class ModelConfig:
 class PerturbConfig:
     max_shift: float = 0.125  # random shift of foreground+mask, fraction of the image size
     bg_contrast_jitter: float = 0.0  # background contrast factor drawn in [1 - s, 1 + s]
+    background_mixing: float = 0.0  # fraction of fakes over another latent's background (0 = shared z, the paper)
 
 
 @dataclasses.dataclass
@@ -165,6 +166,7 @@ def _check_ranges(cfg):
         ("data.edges", 0 <= cfg.data.edges <= 4, "in [0, 4]"),
         ("perturb.max_shift", 0.0 <= cfg.perturb.max_shift < 0.5, "in [0, 0.5)"),
         ("perturb.bg_contrast_jitter", 0.0 <= cfg.perturb.bg_contrast_jitter < 1.0, "in [0, 1)"),
+        ("perturb.background_mixing", 0.0 <= cfg.perturb.background_mixing <= 1.0, "in [0, 1]"),
         ("loss.min_mask_coverage", 0.0 <= cfg.loss.min_mask_coverage <= 1.0, "in [0, 1]"),
         ("loss.max_mask_coverage", 0.0 <= cfg.loss.max_mask_coverage <= 1.0, "in [0, 1]"),
         ("model.latent_dim", cfg.model.latent_dim >= 1, ">= 1"),

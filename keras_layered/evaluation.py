@@ -4,14 +4,20 @@ Protocol: predicted masks are thresholded at 0.5; IoU (Jaccard), Dice (F1) and p
 the foreground are computed per image and averaged over the test set ("mean IoU"); the
 dataset-level IoU pools intersections and unions over all pixels of all images.
 An image whose true and predicted foregrounds are both empty counts as a perfect match (IoU 1).
+
+Beside the IoU, the IoU of the inverted mask (the complement of the thresholded mask) shows an
+inverted layering, where the object sits in the background layer and the mask is everything
+around it: a high inverted IoU with a low IoU. Both are reported as they are; neither is ever
+chosen per image (that would hide the inversion).
 """
 
 import numpy as np
 
 
 def mask_scores(predicted, true, threshold=0.5):
-    """Per-image scores of masks (B, H, W[, 1]): {"iou", "dice", "accuracy"} arrays of shape (B,),
-    plus the per-image "intersection" and "union" pixel counts the dataset-level IoU pools."""
+    """Per-image scores of masks (B, H, W[, 1]): {"iou", "inverted_iou", "dice", "accuracy"} arrays
+    of shape (B,), plus the per-image "intersection" and "union" pixel counts the dataset-level IoU
+    pools. "inverted_iou" scores the complement of the thresholded mask (predicted < threshold)."""
     predicted, true = np.asarray(predicted), np.asarray(true)
     if predicted.shape != true.shape:
         raise ValueError(f"predicted masks {predicted.shape} and true masks {true.shape} differ in shape")
@@ -21,8 +27,11 @@ def mask_scores(predicted, true, threshold=0.5):
     union = np.sum(p | t, axis=1).astype(np.int64)
     total = np.sum(p, axis=1) + np.sum(t, axis=1)
     empty = union == 0
+    inverted_intersection = np.sum(~p & t, axis=1)
+    inverted_union = np.sum(~p | t, axis=1)
     return {
         "iou": np.where(empty, 1.0, intersection / np.maximum(union, 1)),
+        "inverted_iou": np.where(inverted_union == 0, 1.0, inverted_intersection / np.maximum(inverted_union, 1)),
         "dice": np.where(empty, 1.0, 2 * intersection / np.maximum(total, 1)),
         "accuracy": np.mean(p == t, axis=1),
         "intersection": intersection,
@@ -34,6 +43,7 @@ def summarize(scores):
     """Per-image scores (from one or more `mask_scores` calls, concatenated) -> the reported numbers."""
     return {
         "mean_iou": float(np.mean(scores["iou"])),
+        "mean_inverted_iou": float(np.mean(scores["inverted_iou"])),
         "mean_dice": float(np.mean(scores["dice"])),
         "pixel_accuracy": float(np.mean(scores["accuracy"])),
         "dataset_iou": float(np.sum(scores["intersection"]) / max(int(np.sum(scores["union"])), 1)),

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from keras_layered.training.collapse import diagnose_masks
+from keras_layered.training.collapse import border_ring, diagnose_masks, mask_summary
 
 SIZE = 16
 
@@ -71,3 +71,22 @@ def test_objects_touching_the_border_are_not_inverted():
     # Each disk covers 9 of the 60 border pixels (15 %), far below 50 %.
     masks = np.stack([disk(0, 8, radius=4), disk(15, 8, radius=4), disk(8, 0, radius=4)])
     assert diagnose_masks(masks) == []
+
+
+def test_border_ring_counts_each_outer_pixel_once():
+    masks = np.zeros((1, 4, 4, 1), np.float32)
+    masks[0, 0, 0] = 1.0  # a corner: on the ring once, not twice
+    masks[0, 1:3, 1:3] = 1.0  # the inside: not on the ring
+    ring = border_ring(masks)
+    assert ring.shape == (1, 12)  # 4 * (4 - 1) outer pixels
+    assert ring.sum() == 1.0
+
+
+def test_mask_summary_by_hand():
+    # 4x4 masks: the 2x2 centre (4 of 16 pixels) and the whole 12-pixel ring of the other.
+    centre = np.zeros((4, 4, 1), np.float32)
+    centre[1:3, 1:3] = 1.0
+    assert mask_summary(np.stack([centre, 1.0 - centre])) == (
+        "mask mean 0.500, on the border ring 0.500")  # (4 + 12) / 32; (0 + 12) / 24
+    assert mask_summary(centre[None]) == "mask mean 0.250, on the border ring 0.000"
+    assert mask_summary(1.0 - centre[None]) == "mask mean 0.750, on the border ring 1.000"

@@ -154,6 +154,8 @@ def test_section_that_is_not_a_mapping():
         ("train.ema_bn_batches=-1", "train.ema_bn_batches"),
         ("model.generator=foo", "model.generator"),
         ("perturb.bg_contrast_jitter=1.0", "perturb.bg_contrast_jitter"),
+        ("perturb.background_mixing=1.5", "perturb.background_mixing"),
+        ("perturb.background_mixing=-0.5", "perturb.background_mixing"),
         ("train.steps=0", "train.steps"),
         ("model.min_width=256", "model.min_width"),  # more than base_width 128
         ("loss.adversarial=wgan", "loss.adversarial"),
@@ -227,6 +229,7 @@ def test_save_load_round_trip(tmp_path):
             "model.spectral_norm=true",
             "perturb.max_shift=0.2",
             "perturb.bg_contrast_jitter=0.3",
+            "perturb.background_mixing=0.5",
             "loss.adversarial=wgan_gp",
             "loss.penalty_every=1",
             "train.g_lr=0.00001",

@@ -27,6 +27,26 @@ def test_mask_scores_by_hand():
     np.testing.assert_array_equal(scores["union"], [2, 4, 0, 2])
 
 
+def test_inverted_iou_scores_the_complement_of_the_thresholded_mask_by_hand():
+    scores = mask_scores(PRED, TRUE)
+    # image 0: complement {c, d}, true {a}: I=0 U=3 -> 0
+    # image 1: complement (< 0.5) {b, d}, true all 4: I=2 U=4 -> 1/2
+    # image 2: complement all 4, true empty: I=0 U=4 -> 0
+    # image 3: complement {b, c, d}, true {d}: I=1 U=3 -> 1/3
+    np.testing.assert_allclose(scores["inverted_iou"], [0.0, 0.5, 0.0, 1 / 3])
+    assert summarize(scores)["mean_inverted_iou"] == pytest.approx((0.5 + 1 / 3) / 4)
+
+
+def test_inverted_layering_scores_high_on_the_inverted_iou_only():
+    true = masks([[1, 0], [0, 0]], [[0, 1], [1, 1]])
+    summary = summarize(mask_scores(1.0 - true, true))  # every mask is its object's complement
+    assert summary["mean_iou"] == 0.0
+    assert summary["mean_inverted_iou"] == 1.0
+    # Never the better of the two per image: one right and one inverted mask average to 1/2 on both.
+    summary = summarize(mask_scores(np.stack([true[0], 1.0 - true[1]]), true))
+    assert summary["mean_iou"] == pytest.approx(0.5) and summary["mean_inverted_iou"] == pytest.approx(0.5)
+
+
 def test_summary_mean_and_dataset_iou_by_hand():
     summary = summarize(mask_scores(PRED, TRUE))
     assert summary["mean_iou"] == pytest.approx((0.5 + 0.5 + 1.0 + 0.0) / 4)

@@ -275,6 +275,23 @@ def test_perturb_and_composite_shifts_foreground_and_mask_but_not_background():
     assert moved >= 4, "most samples get a non-zero offset"
 
 
+def test_background_mixing_composites_over_the_next_samples_background():
+    # With the mask 0 everywhere the composite is the background alone, so its rows say which
+    # sample's background they show.
+    layers = random_layers(0, RES)
+    layers["mask"] = np.zeros_like(layers["mask"])
+    shared = keras.ops.convert_to_numpy(make_gan(max_shift=0.0, seed=3).perturb_and_composite(layers))
+    np.testing.assert_array_equal(shared, layers["background"])
+    mixed = keras.ops.convert_to_numpy(make_gan(max_shift=0.0, background_mixing=1.0, seed=3)
+                                       .perturb_and_composite(layers))
+    np.testing.assert_array_equal(mixed, np.roll(layers["background"], -1, axis=0))
+
+
+def test_background_mixing_from_the_config():
+    assert build_layered_gan(tiny_config(perturb={"background_mixing": 0.5})).mixing.rate == 0.5
+    assert build_layered_gan(tiny_config()).mixing.rate == 0.0
+
+
 def test_unknown_adversarial_loss_raises():
     with pytest.raises(ValueError, match="adversarial_loss") as info:
         make_gan(adversarial_loss="hinge")

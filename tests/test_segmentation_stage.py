@@ -380,8 +380,12 @@ def test_cli_evaluate_on_held_out_scenes_matches_the_run(run, tmp_path):
     scores = json.loads(out.read_text())
     # The run's config.yaml gives the same held-out scenes the stage evaluated on.
     assert scores["mean_iou"] == pytest.approx(run.results["distilled"]["mean_iou"])
+    assert scores["mean_inverted_iou"] == pytest.approx(run.results["distilled"]["mean_inverted_iou"])
     assert scores["num_images"] == 16
     assert "mean IoU" in result.output
+    header, row = result.output.splitlines()[:2]
+    assert header.split()[:4] == ["method", "mean", "IoU", "inverted"]
+    assert float(row.split()[2]) == pytest.approx(scores["mean_inverted_iou"], abs=5e-4)
 
 
 def test_cli_evaluate_rejects_a_bad_model_and_a_bad_data_spec(run, tmp_path):

@@ -66,6 +66,7 @@ def build_layered_gan(cfg):
         max_coverage_weight=loss.max_coverage_weight,
         max_shift=perturb.max_shift,
         bg_contrast_jitter=perturb.bg_contrast_jitter,
+        background_mixing=perturb.background_mixing,
         ema_decay=train.ema_decay,
         ema_bn_batches=train.ema_bn_batches,
         ema_bn_batch_size=train.batch_size,

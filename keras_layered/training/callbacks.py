@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_layered.training.collapse import diagnose_masks
+from keras_layered.training.collapse import diagnose_masks, mask_summary
 from keras_layered.training.grid import layer_grid
 
 log = logging.getLogger("keras_layered")
@@ -75,6 +75,7 @@ class SampleGrid(keras.callbacks.Callback):
         with self.writer.as_default():
             tf.summary.image("layers (composite | bg | fg | mask | shifted)", grid[None], step=step)
         masks = keras.ops.convert_to_numpy(self.model(self.z)["mask"])
+        log.info("step %d: %s", step, mask_summary(masks))
         for message in diagnose_masks(masks):
             log.warning("step %d: %s", step, message)
             self.warnings.append((step, message))

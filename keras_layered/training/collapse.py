@@ -3,6 +3,18 @@
 import numpy as np
 
 
+def border_ring(masks):
+    """(N, 4 * (S - 1)) values of masks (N, S, S, 1) on the image's outer 1-pixel ring, each pixel once."""
+    masks = np.asarray(masks)[..., 0]
+    return np.concatenate([masks[:, 0], masks[:, -1], masks[:, 1:-1, 0], masks[:, 1:-1, -1]], axis=1)
+
+
+def mask_summary(masks):
+    """"mask mean M, on the border ring B": a healthy layering has B well below M (objects rarely
+    touch the border); an inverted one, where the mask is everything around the object, B above M."""
+    return f"mask mean {float(np.mean(masks)):.3f}, on the border ring {float(np.mean(border_ring(masks))):.3f}"
+
+
 def diagnose_masks(masks, full=0.9, empty=0.02, same_shape_iou=0.9, border=0.5):
     """Checks masks sampled from the generator for known failure modes.
 
@@ -31,7 +43,7 @@ def diagnose_masks(masks, full=0.9, empty=0.02, same_shape_iou=0.9, border=0.5):
             "vanished). Raise loss.min_mask_coverage or loss.mask_coverage_weight."
         ]
     edge = masks > 0.5
-    on_border = np.concatenate([edge[:, 0], edge[:, -1], edge[:, 1:-1, 0], edge[:, 1:-1, -1]], axis=1)
+    on_border = border_ring(edge)
     if on_border.mean() > border:
         return [
             f"inverted layering: the mask covers {on_border.mean():.0%} of the image border (the object "

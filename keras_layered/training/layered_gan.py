@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_layered import distribute, losses
-from keras_layered.layers import BackgroundContrastJitter, RandomShift, composite
+from keras_layered.layers import BackgroundContrastJitter, BackgroundMixing, RandomShift, composite
 from keras_layered.training.ema import fixed_latents, recompute_batch_norm_statistics
 
 _LOSS_PAIRS = {
@@ -37,6 +37,8 @@ class LayeredGAN(keras.Model):
         max_mask_coverage, max_coverage_weight: optional hinge keeping the mask below a ceiling.
         max_shift: random shift range of foreground + mask, fraction of the image size.
         bg_contrast_jitter: background contrast jitter strength (0 = off).
+        background_mixing: fraction of the fakes composited over the background of another,
+            independent latent (`BackgroundMixing`; 0 = off, the paper's shared z).
         ema_decay: decay of the EMA generator (ramped up over the first steps).
         ema_bn_batches, ema_bn_batch_size: `refresh_ema_statistics` recomputes the EMA generator's
             BatchNorm statistics over this many batches of this size (0 batches: keeps the
@@ -61,6 +63,7 @@ class LayeredGAN(keras.Model):
         max_coverage_weight=0.0,
         max_shift=0.125,
         bg_contrast_jitter=0.0,
+        background_mixing=0.0,
         ema_decay=0.999,
         ema_bn_batches=16,
         ema_bn_batch_size=64,
@@ -98,9 +101,10 @@ class LayeredGAN(keras.Model):
         # EMA ramp. Not the optimizers' `iterations`: a float16 loss-scale optimizer skipping a
         # non-finite step does not count it.
         self.step = keras.Variable(0, dtype="int64", trainable=False, aggregation="only_first_replica", name="step")
-        seeds = (None, None) if seed is None else (seed + 1, seed + 2)
+        seeds = (None, None, None) if seed is None else (seed + 1, seed + 2, seed + 3)
         self.shift = RandomShift(max_shift, seed=seeds[0], name="random_shift")
         self.jitter = BackgroundContrastJitter(bg_contrast_jitter, seed=seeds[1], name="bg_jitter")
+        self.mixing = BackgroundMixing(background_mixing, seed=seeds[2], name="bg_mixing")
 
         z = ops.zeros((1, self.latent_dim))
         generator(z)
@@ -159,9 +163,9 @@ class LayeredGAN(keras.Model):
         return distribute.normal((batch_size, self.latent_dim), self.seed_generator)
 
     def perturb_and_composite(self, layers):
-        """Shifts foreground + mask, jitters the background, composites: what D sees as fake."""
+        """Shifts foreground + mask, mixes and jitters the backgrounds, composites: what D sees as fake."""
         foreground, mask = self.shift([layers["foreground"], layers["mask"]], training=True)
-        background = self.jitter(layers["background"], training=True)
+        background = self.jitter(self.mixing(layers["background"], training=True), training=True)
         return composite(background, foreground, mask)
 
     def train_step(self, data):

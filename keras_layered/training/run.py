@@ -252,8 +252,9 @@ def train_segmentation(cfg, run_dir, verbose="auto", generator=None):
         evaluation["eval_seed"] = cfg.data.eval_seed
     (run_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     for method, scores in results.items():
-        log.info("%s: mean IoU %.3f, Dice %.3f on %d images of %s: %s", method, scores["mean_iou"],
-                 scores["mean_dice"], scores["num_images"], cfg.data.source, evaluated_on)
+        log.info("%s: mean IoU %.3f (inverted mask %.3f), Dice %.3f on %d images of %s: %s", method,
+                 scores["mean_iou"], scores["mean_inverted_iou"], scores["mean_dice"], scores["num_images"],
+                 cfg.data.source, evaluated_on)
     return results
 
 
