@@ -447,7 +447,7 @@ def test_sample_grids_take_no_random_numbers_from_training(generator, tmp_path):
     grids.set_model(gan)
     grids.on_train_begin()
     before = values(seed_states(gan))
-    assert len(before) == 3 + (generator == "style") * 2  # z, shift, jitter (+ each style generator's noise)
+    assert len(before) == 4 + (generator == "style") * 2  # z, shift, jitter, mixing (+ each style generator's noise)
     grids.write(1)
     grids.write(2)
     for a, b in zip(before, values(seed_states(gan))):
