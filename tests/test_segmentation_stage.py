@@ -432,7 +432,7 @@ def test_a_bad_command_does_not_rewrite_the_runs_config(run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(run.dir, run_dir)
     before = (run_dir / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match="data.resolution cannot change .* the run has 8"):
+    with pytest.raises(ConfigError, match="data.resolution cannot change .*the run has 8, "):
         run_module.train(config_from_dict({**TINY, "data": {"resolution": 16}}), run_dir, stage="encoder", verbose=0)
     with pytest.raises(ConfigError, match="segment.steps_per_epoch"):
         run_module.train(tiny_config(steps=3), run_dir, stage="all", verbose=0)
