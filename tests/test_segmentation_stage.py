@@ -383,7 +383,9 @@ def test_cli_evaluate_on_held_out_scenes_matches_the_run(run, tmp_path):
     assert scores["mean_inverted_iou"] == pytest.approx(run.results["distilled"]["mean_inverted_iou"])
     assert scores["num_images"] == 16
     assert "mean IoU" in result.output
-    header, row = result.output.splitlines()[:2]
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("method"))  # after the progress lines
+    header, row = lines[start:start + 2]
     assert header.split()[:4] == ["method", "mean", "IoU", "inverted"]
     assert float(row.split()[2]) == pytest.approx(scores["mean_inverted_iou"], abs=5e-4)
 
