@@ -19,7 +19,7 @@ def assert_config_round_trip(cls, args):
 
 
 def load_script(relative_path):
-    """A script of the repository (cli.py, bench/*.py), which is not in a package: loaded by path."""
+    """A script of the repository (bench/*.py), which is not in a package: loaded by path."""
     import importlib.util
     from pathlib import Path
 

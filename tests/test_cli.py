@@ -9,12 +9,11 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-cli = load_script("cli.py")
+from keras_layered import cli
 
 
 def invoke(*args):

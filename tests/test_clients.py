@@ -18,7 +18,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import config_with, load_script
+from helpers import config_with
 
 from keras_layered.data.synthetic import make_scenes
 from keras_layered.evaluation import mask_scores
@@ -38,7 +38,7 @@ TINY = {
                 "unet_depth": 2, "largest_component": True},
 }
 
-cli = load_script("cli.py")
+from keras_layered import cli
 
 
 @pytest.fixture(scope="module")

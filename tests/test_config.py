@@ -266,7 +266,7 @@ def test_defaults_round_trip(tmp_path):
 def test_cli_train_rejects_a_bad_config_before_building_or_writing_anything(args, expected, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from helpers import load_script
+    from keras_layered.cli import main as cli_main
     from keras_layered.training import run as run_module
 
     def must_not_run(*_, **__):
@@ -278,7 +278,7 @@ def test_cli_train_rejects_a_bad_config_before_building_or_writing_anything(args
     bad_yaml.write_text("train:\n  g_lr: fast\n")
     out = tmp_path / "run"
     args = [a.format(bad_yaml=bad_yaml) for a in args]
-    result = CliRunner().invoke(load_script("cli.py").main, ["train", "--out", str(out), *args])
+    result = CliRunner().invoke(cli_main, ["train", "--out", str(out), *args])
     assert result.exit_code == 2, result.output  # a usage error
     assert expected in result.output
     assert "Traceback" not in result.output

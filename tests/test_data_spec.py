@@ -11,14 +11,13 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import load_script
 
 from keras_layered.config import ConfigError, config_from_dict, load_config
 from keras_layered.data import sources
 from keras_layered.data.spec import parse_data_spec
 from keras_layered.training.build import build_dataset, build_eval_dataset
 
-cli = load_script("cli.py")
+from keras_layered import cli
 REPO = Path(__file__).resolve().parents[1]
 
 

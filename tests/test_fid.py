@@ -11,7 +11,6 @@ import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import load_script
 
 from keras_layered import fid
 from keras_layered.config import load_config
@@ -162,7 +161,8 @@ def test_fid_command_on_a_folder(tmp_path, monkeypatch):
     generator(np.zeros((1, 4), np.float32))  # built, so its weights are saved
     generator.save(run / "generator.keras")
 
-    cli = load_script("cli.py")
+    from keras_layered import cli
+
     result = CliRunner().invoke(cli.main, ["fid", "--run", str(run), "--num-images", "4", "--weights", "none",
                                            "--batch-size", "3"])
     assert result.exit_code == 0, result.output
@@ -176,6 +176,7 @@ def test_fid_command_on_a_folder(tmp_path, monkeypatch):
 
 
 def test_fid_command_needs_a_trained_run(tmp_path):
-    cli = load_script("cli.py")
+    from keras_layered import cli
+
     result = CliRunner().invoke(cli.main, ["fid", "--run", str(tmp_path)])
     assert result.exit_code != 0 and "holds no generator.keras" in result.output

@@ -16,7 +16,6 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from helpers import load_script
 
 from keras_layered.config import config_from_dict
 from keras_layered.data.synthetic import synthetic_scenes
@@ -328,7 +327,7 @@ def test_checkpoint_without_a_step_counter_resumes_at_the_optimizers_count(tmp_p
     assert int(new.step.numpy()) == 3
 
 
-cli = load_script("cli.py")
+from keras_layered import cli
 TINY_SETS = [f"model.{k}={v}" for k, v in MODEL.items()] + [
     f"data.resolution={RES}", f"train.batch_size={BATCH}", "train.sample_every=1000"]
 

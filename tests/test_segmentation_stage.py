@@ -14,7 +14,6 @@ import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import load_script
 
 from keras_layered.config import ConfigError, config_from_dict, load_config
 from keras_layered.models.encoder import Encoder
@@ -366,7 +365,7 @@ def test_encoder_stage_needs_a_trained_generator(tmp_path):
 # --- CLI: evaluate, export, segment -------------------------------------------------------------
 
 
-cli = load_script("cli.py")
+from keras_layered import cli
 
 
 def invoke(*args):
