@@ -1,4 +1,9 @@
-"""The keras-layered command line (`keras-layered`, or `python cli.py` in a checkout): train, segment, evaluate, export, fid."""
+"""The keras-layered command line (`keras-layered`, or `python cli.py` in a checkout): train, segment, evaluate, export, fid.
+
+Nothing here imports TensorFlow at module level: each command imports what it needs, so `--help`
+and `train --dry-run` (but for a tfds: source, which TFDS looks up) start without it, and `train`
+can choose the CPU kernels (distribute.onednn) before TensorFlow loads.
+"""
 
 import json
 import logging
@@ -11,7 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ start-up chatter 
 import click
 import yaml
 
-from keras_layered.config import ConfigError, load_config
+from keras_layered import kernels
+from keras_layered.config import load_config
+from keras_layered.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
 
@@ -76,16 +83,21 @@ def train(config_path, overrides, data_spec, run_dir, stage, strategy, dry_run):
         cfg = load_config(config_path, overrides)
     except ConfigError as err:
         raise click.UsageError(str(err)) from err
-    from keras_layered.training import run
-    from keras_layered.training.callbacks import NonFiniteLossError, TrainingInterrupted
-
     if dry_run:  # refuses what `train` would refuse
+        from keras_layered.training.checks import check_train
+
         try:
-            cfg = run.check_train(cfg, run_dir, stage)
+            cfg = check_train(cfg, run_dir, stage)
         except ConfigError as err:
             raise click.UsageError(str(err)) from err
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
+    # Before TensorFlow loads: it reads the oneDNN setting once, when imported (`run.train` warns
+    # if it was loaded with other kernels already, e.g. by a caller in the same process).
+    kernels.configure_onednn(cfg.distribute.onednn)
+    from keras_layered.training import run
+    from keras_layered.training.callbacks import NonFiniteLossError, TrainingInterrupted
+
     if cfg.data.source != "synthetic" and Path(config_path) == DEFAULT_CONFIG:
         click.echo(f"note: {DEFAULT_CONFIG.name} is tuned for the built-in scenes (32 px, their mask coverage); "
                    f"for photos start from configs/cub_64.yaml (--config)", err=True)
@@ -134,9 +146,7 @@ def _segmenter_path(model):
 
 
 def _load_segmenter(path):
-    import keras
-
-    import keras_layered  # noqa: F401  (registers the model classes)
+    import keras  # registers the package's model classes with it (keras_layered/__init__.py)
 
     model = keras.saving.load_model(path)
     if not hasattr(model, "resolution"):
@@ -297,9 +307,8 @@ graph); the standard count is 50000 images, fewer biases FID upwards.""")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generator's latents.")
 def fid(run_dir, spec, num_images, batch_size, weights, stats_dir, seed):
     """Frechet Inception Distance of a run's generator against a dataset."""
-    import keras
+    import keras  # registers the package's model classes with it (keras_layered/__init__.py)
 
-    import keras_layered  # noqa: F401  (registers the model classes)
     from keras_layered import fid as fid_lib
     from keras_layered.data.sources import reference_dataset
     from keras_layered.data.spec import parse_data_spec

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used as given."""
+from keras_layered.errors import ConfigError  # re-exported: keras_layered.config.ConfigError
 
 
 @dataclasses.dataclass
@@ -231,7 +229,7 @@ def _check_data_source(source):
     """Only the form of data.source and the dataset name; whether the files exist is checked when
     the data is read, so a config stays loadable on a machine without the data."""
     from keras_layered.data.spec import parse_data_spec
-    from keras_layered.data.tfds import check_dataset_name
+    from keras_layered.data.registry import check_dataset_name
 
     try:
         spec = parse_data_spec(source)

@@ -7,7 +7,8 @@ the default (Eigen) ones on AVX2 + FMA CPUs (a training iteration of configs/syn
 
 - `decide_onednn(setting, environ, flags)`: (on?, why) for a setting "auto" / True / False.
 - `configure_onednn(setting)`: sets TF_ENABLE_ONEDNN_OPTS accordingly, if TensorFlow is not loaded
-  yet and the user did not set it; `import keras_layered` calls it with "auto".
+  yet and the user did not set it; `import keras_layered` calls it with "auto", `train` on the
+  command line again with the config's distribute.onednn.
 - `kernel_state()`: what this process runs with: oneDNN on / off, the vector ISA, thread counts;
   `check_onednn(setting)` the same, warning when a setting asked for came too late to apply.
 """
@@ -121,9 +122,9 @@ def check_onednn(setting):
     wanted, _ = decide_onednn(setting, os.environ, cpu_flags())
     if setting != "auto" and not user_set() and wanted != (state["onednn"] == "on"):
         logging.getLogger("keras_layered").warning(
-            "distribute.onednn=%s, but TensorFlow was loaded with oneDNN %s (`import keras_layered` decides "
-            "with 'auto'); set %s=%d in the environment to choose before TensorFlow loads", setting,
-            state["onednn"], ENV, wanted)
+            "distribute.onednn=%s, but TensorFlow was loaded with oneDNN %s before the setting was read, so it "
+            "cannot take effect in this process (TensorFlow reads it once, when imported); set %s=%d in the "
+            "environment to choose before TensorFlow loads", setting, state["onednn"], ENV, wanted)
     return state
 
 

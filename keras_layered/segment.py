@@ -1,6 +1,7 @@
 """Segmenting image files: image files in, mask files (and optional RGBA cutouts) out.
 
-numpy + Pillow around a `Segmenter`; the model is only called, one batch at a time.
+numpy + Pillow around a `Segmenter`; the model is only called, one batch at a time. Files are
+found, decoded and resized as training and evaluation read them (`keras_layered.io`).
 """
 
 import dataclasses
@@ -9,23 +10,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from keras_layered.config import DataConfig
+from keras_layered.errors import UnreadableImageError
+from keras_layered.io import centre_crop_box, find_with_roots, load_image, resize_shorter_side
 
 log = logging.getLogger("keras_layered")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
-class UnreadableImageError(ValueError):
-    """A file that Pillow cannot open or decode as an image."""
-
-    def __init__(self, path, reason):
-        super().__init__(f"cannot read {path} as an image: {reason}")
-        self.path = Path(path)
-        self.reason = reason
-
 
 @dataclasses.dataclass
 class SegmentResult:
@@ -38,92 +29,6 @@ class SegmentResult:
     masks: dict = dataclasses.field(default_factory=dict)
     cutouts: dict = dataclasses.field(default_factory=dict)
     skipped: dict = dataclasses.field(default_factory=dict)
-
-
-def _is_hidden(name):
-    return name.startswith(".")
-
-
-def _walk_images(root):
-    """Image files under the directory `root`, recursively, sorted by path; hidden entries skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-        for name in filenames:
-            if not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(dirpath) / name)
-    return sorted(found, key=lambda p: p.relative_to(root).parts)
-
-
-def _find_with_roots(paths):
-    """[(image file, the directory it was found under, or None for a file given itself)], deduplicated."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    found, seen = [], set()
-    for path in map(Path, paths):
-        if path.is_dir():
-            entries = [(image, path) for image in _walk_images(path)]
-        elif path.exists():
-            entries = [(path, None)]
-        else:
-            raise FileNotFoundError(f"no such file or directory: {path}")
-        for image, root in entries:
-            key = os.path.normcase(image.resolve())
-            if key not in seen:
-                seen.add(key)
-                found.append((image, root))
-    return found
-
-
-def find_images(paths):
-    """Files and directories -> the image files they name, in order, each file once.
-
-    A directory contributes the files under it (recursively, sorted by path, skipping names that
-    start with ".") whose extension is one of `IMAGE_EXTENSIONS`, in any case. A file given itself
-    is kept whatever its extension. Raises FileNotFoundError naming a path that does not exist.
-    """
-    return [image for image, _ in _find_with_roots(paths)]
-
-
-def _sixteen_bit_to_rgb(image):
-    values = np.asarray(image, dtype=np.float64)
-    gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=-1)
-
-
-PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what a bad file raises
-
-
-def open_image(path):
-    """A decoded PIL image with its EXIF orientation applied; UnreadableImageError (naming the
-    file) if Pillow cannot decode it, FileNotFoundError if it is not there."""
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.load()
-            return image
-    except FileNotFoundError:
-        raise
-    except PIL_ERRORS as err:
-        raise UnreadableImageError(path, err) from err
-
-
-def load_image(path):
-    """An image file -> uint8 RGB array (H, W, 3), as an image viewer shows it.
-
-    EXIF orientation is applied, so (H, W) is the displayed size. Grayscale, palette, CMYK and
-    16-bit images are converted to RGB (16-bit values v -> round(v / 257)). Transparent images
-    (RGBA, LA, palette with transparency) are composited over white, as viewers show them: the
-    colours hidden under alpha 0 are often arbitrary. Animated images give their first frame.
-    Raises UnreadableImageError (a ValueError naming the file) if Pillow cannot decode it.
-    """
-    image = open_image(path)
-    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        return _sixteen_bit_to_rgb(image)
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, image.convert("RGBA"))
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def _plan_outputs(found, out_dir, cutout):
@@ -173,27 +78,6 @@ def _is_earlier_output(image, root, out_dir):
     return out_dir != root and out_dir.is_relative_to(root) and image.resolve().is_relative_to(out_dir)
 
 
-def _shorter_side_size(size, shorter):
-    """(W, H) scaled so that min(W, H) == `shorter`, the other side rounded."""
-    width, height = size
-    if width <= height:
-        return shorter, max(shorter, round(height * shorter / width))
-    return max(shorter, round(width * shorter / height)), shorter
-
-
-def resize_shorter_side(image, shorter, resample=Image.Resampling.BILINEAR):
-    """A PIL image with its shorter side resized to `shorter` (unchanged if it already is): the
-    first step of the real images' geometry, for training, evaluation and `segment_images` alike."""
-    size = _shorter_side_size(image.size, shorter)
-    return image.resize(size, resample) if size != image.size else image
-
-
-def centre_crop_box(height, width, resolution):
-    """(top, left) of the resolution x resolution centre crop of a (height, width) image: where
-    `segment_images` and evaluation (`data.geometry.crop_and_flip`) crop (ints or tensors)."""
-    return (height - resolution) // 2, (width - resolution) // 2
-
-
 def _predict(segmenter, batch):
     """uint8 images (B, R, R, 3) -> float32 masks (B, R, R) in [0, 1]."""
     masks = np.asarray(segmenter.predict_on_batch(np.stack(batch)), dtype=np.float32)
@@ -228,7 +112,7 @@ def segment_images(segmenter, paths, out_dir, *, batch_size=32, threshold=0.5, s
                    crop_scale=DataConfig.crop_scale):
     """Segments image files with `segmenter`, writing one PNG mask per image into `out_dir`.
 
-    Every image (see `find_images` for `paths`, `load_image` for the conversions) is seen as
+    Every image (see `io.find_images` for `paths`, `io.load_image` for the conversions) is seen as
     training and evaluation see it (`data.folder`): its shorter side resized to
     round(`crop_scale` * R), R = `segmenter.resolution` (bilinear, antialiased when shrinking; the
     aspect ratio kept), then its R x R centre crop is segmented, in batches of `batch_size`,
@@ -256,7 +140,7 @@ def segment_images(segmenter, paths, out_dir, *, batch_size=32, threshold=0.5, s
         raise ValueError(f"segment_images: crop_scale must be a number >= 1, so the crop fits the resized "
                          f"image, got {crop_scale!r}")
     out_dir = Path(out_dir)
-    found = [(image, root) for image, root in _find_with_roots(paths) if not _is_earlier_output(image, root, out_dir)]
+    found = [(image, root) for image, root in find_with_roots(paths) if not _is_earlier_output(image, root, out_dir)]
     plan = _plan_outputs(found, out_dir, cutout)
     out_dir.mkdir(parents=True, exist_ok=True)
     r = segmenter.resolution

@@ -6,11 +6,10 @@ import tensorflow as tf
 from helpers import coded_crop_position, to_uint8
 from PIL import Image
 
-from keras_layered.data.folder import (
-    FolderScan, find_image_mask_pairs, folder_dataset, load_mask, scan_folder,
-)
+from keras_layered.data import geometry
+from keras_layered.data.folder import FolderScan, find_image_mask_pairs, folder_dataset, scan_folder
 from keras_layered.data.spec import DataSpec, parse_data_spec
-from keras_layered.segment import _shorter_side_size
+from keras_layered.io import load_mask, shorter_side_size
 
 W, H = 40, 30  # every test image is 40 wide, 30 high unless said otherwise
 
@@ -251,10 +250,23 @@ def test_training_stream_is_reproducible_per_seed(coded):
 
 
 def test_shorter_side_resized_to_crop_scale_times_resolution():
-    assert _shorter_side_size((40, 30), 18) == (24, 18)
-    assert _shorter_side_size((30, 40), 18) == (18, 24)
-    assert _shorter_side_size((500, 333), 144) == (216, 144)
-    assert _shorter_side_size((9, 9), 9) == (9, 9)
+    assert shorter_side_size((40, 30), 18) == (24, 18)
+    assert shorter_side_size((30, 40), 18) == (18, 24)
+    assert shorter_side_size((500, 333), 144) == (216, 144)
+    assert shorter_side_size((9, 9), 9) == (9, 9)
+
+
+def test_files_and_tfds_tensors_get_the_same_sizes_ties_rounded_half_to_even():
+    """The TFDS reader's sizes (tensors, `geometry.shorter_side_size`) are the files' (`io`), also
+    where the longer side lands exactly on .5: 5 * 2 / 4 = 2.5 -> 2, 7 * 2 / 4 = 3.5 -> 4."""
+    assert shorter_side_size((5, 4), 2) == (2, 2) and shorter_side_size((4, 7), 2) == (2, 4)
+    assert shorter_side_size((50, 4), 18) == (225, 18)  # 50 * 18 / 4 = 225 exactly
+    sizes = [(w, h) for w in range(1, 41) for h in range(1, 41)] + [(500, 333), (333, 500), (4000, 3)]
+    for shorter in (2, 9, 18, 36):
+        tensor_sizes = tf.data.Dataset.from_tensor_slices(np.array(sizes)).map(
+            lambda wh: geometry.shorter_side_size(wh[1], wh[0], shorter))
+        for (w, h), (new_h, new_w) in zip(sizes, tensor_sizes.as_numpy_iterator()):
+            assert (new_w, new_h) == shorter_side_size((w, h), shorter), (w, h, shorter)
 
 
 def test_mask_resized_with_nearest_then_centre_cropped(tmp_path):

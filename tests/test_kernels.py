@@ -120,3 +120,35 @@ def test_a_setting_that_came_too_late_is_warned_about(monkeypatch, caplog):
     kernels.check_onednn(False)
     assert "distribute.onednn=False, but TensorFlow was loaded with oneDNN on" in caplog.text
     assert "set TF_ENABLE_ONEDNN_OPTS=0 in the environment" in caplog.text
+
+
+def _train_with_onednn(setting, tmp_path):
+    """(TF_ENABLE_ONEDNN_OPTS, IsMklEnabled) seen by `train` of a config with distribute.onednn
+    `setting`, in a fresh interpreter; the training run is replaced by a probe that imports TensorFlow."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    code = textwrap.dedent("""
+        import os, sys, types
+        run = types.ModuleType("keras_layered.training.run")
+
+        def train(cfg, run_dir, stage):
+            from tensorflow.python.util import _pywrap_util_port
+            print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"), _pywrap_util_port.IsMklEnabled())
+
+        run.train = train
+        callbacks = types.ModuleType("keras_layered.training.callbacks")
+        callbacks.NonFiniteLossError = callbacks.TrainingInterrupted = type("Never", (Exception,), {})
+        sys.modules.update({run.__name__: run, callbacks.__name__: callbacks})
+        import keras_layered.training
+        keras_layered.training.run = run
+        from keras_layered.cli import main
+        main(["train", "--set", f"distribute.onednn={sys.argv[1]}", "--out", sys.argv[2]], standalone_mode=False)
+    """)
+    done = subprocess.run([sys.executable, "-c", code, setting, str(tmp_path / "run")], env=env, capture_output=True,
+                          text=True, check=True)
+    return done.stdout.split()[:2]
+
+
+@pytest.mark.slow
+def test_train_applies_the_configs_onednn_setting_before_tensorflow_loads(tmp_path):
+    assert _train_with_onednn("false", tmp_path) == ["0", "False"]
+    assert _train_with_onednn("true", tmp_path) == ["1", "True"]

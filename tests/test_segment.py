@@ -8,7 +8,9 @@ from PIL import Image
 
 from keras_layered.models.segmenter import Segmenter
 from keras_layered.models.unet import UNet
-from keras_layered.segment import UnreadableImageError, find_images, load_image, segment_images
+from keras_layered.errors import UnreadableImageError
+from keras_layered.io import find_images, load_image
+from keras_layered.segment import segment_images
 
 
 @keras.saving.register_keras_serializable(package="test_segment")

@@ -4,13 +4,13 @@ files it builds examples from each builder's code), plus a tiny builder prepared
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from helpers import coded_crop_position, to_uint8
-
-tfds = pytest.importorskip("tensorflow_datasets")  # an optional dependency: only tfds: sources need it
 
 from keras_layered.config import ConfigError, load_config
 from keras_layered.data import tfds as tfds_data
-from keras_layered.data.tfds import DATASETS, MissingDatasetError, TfdsDataset, tfds_dataset, to_rgb
+from keras_layered.data.registry import DATASETS, TfdsDataset
+from keras_layered.data.tfds import MissingDatasetError, tfds_dataset, to_rgb
 
 H, W = 30, 40
 

@@ -11,9 +11,10 @@ training, a horizontal flip with probability 0.5. Image and mask travel as one 4
 through crop and flip (`keras_layered.data.geometry`, shared with the TFDS reader), so they
 cannot drift apart.
 
-Files are decoded with Pillow by `segment.load_image` (EXIF orientation, grayscale, palette,
-16-bit and transparent images handled as everywhere else in the package) inside
-`tf.numpy_function`, so a parallel map decodes several files at once.
+Files are decoded with Pillow by `io.load_image` and `io.load_mask` (EXIF orientation, grayscale,
+palette, 16-bit and transparent images handled as everywhere else in the package) and resized by
+`io.resize_shorter_side`, inside `tf.numpy_function`, so a parallel map decodes several files at
+once. Finding and scanning the files needs no TensorFlow: only `folder_dataset` imports it.
 """
 
 import dataclasses
@@ -22,21 +23,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
-from keras_layered.data.geometry import check_crop_scale, crop_and_flip, to_floats
-from keras_layered.segment import (
-    IMAGE_EXTENSIONS,
-    PIL_ERRORS,
-    UnreadableImageError,
-    find_images,
-    load_image,
-    open_image,
-    resize_shorter_side,
-)
+from keras_layered.errors import UnreadableImageError
+from keras_layered.io import IMAGE_EXTENSIONS, PIL_ERRORS, find_images, load_image, load_mask, resize_shorter_side
 
-__all__ = ["FolderScan", "find_image_mask_pairs", "folder_dataset", "load_mask", "scan_folder"]
+__all__ = ["FolderScan", "find_image_mask_pairs", "folder_dataset", "scan_folder"]
 
 log = logging.getLogger("keras_layered")
 
@@ -100,7 +92,7 @@ def _pairs(root):
 def find_image_mask_pairs(root) -> list:
     """The image files under `root` with their ground-truth masks: [(image, mask or None)], sorted.
 
-    Images are the files with an extension in `segment.IMAGE_EXTENSIONS` under ROOT/images when
+    Images are the files with an extension in `io.IMAGE_EXTENSIONS` under ROOT/images when
     that folder exists, else under ROOT, recursively. The mask of IMAGES/<sub>/<stem>.<ext> is
     the image file <sub>/<stem>.<any extension> (PNG preferred) in the first of these folders
     that has one:
@@ -149,37 +141,6 @@ def scan_folder(root) -> FolderScan:
     if not pairs:
         raise ValueError(f"none of the {len(found)} images under {root} can be read (see the warnings)")
     return FolderScan(root, pairs, skipped, [folder for folder in candidates if folder.is_dir()] or candidates)
-
-
-def _grey_palette(image):
-    """Whether every colour a palette image uses is a grey, i.e. it is a grayscale image in disguise."""
-    palette = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
-    used = np.unique(np.asarray(image))
-    colours = palette[used[used < len(palette)]]
-    return bool(np.all((colours[:, 0] == colours[:, 1]) & (colours[:, 1] == colours[:, 2])))
-
-
-def load_mask(path) -> np.ndarray:
-    """A mask file -> bool array (H, W), True on the foreground.
-
-    Grey levels are thresholded at half their range: >= 128 for 8-bit files (CUB's soft masks
-    included), >= 32768 for 16-bit, >= 0.5 for float; colour masks by their luminance. A mask
-    whose values are all 0 or 1 holds labels: 1 is the foreground. Palette masks with non-grey
-    colours are label maps: every index but 0 is foreground. EXIF orientation is applied.
-    Raises UnreadableImageError if Pillow cannot decode the file.
-    """
-    image = open_image(path)
-    if image.mode == "1":
-        return np.asarray(image, dtype=bool)
-    if image.mode == "P" and not _grey_palette(image):
-        return np.asarray(image) != 0
-    if image.mode == "F":
-        return np.asarray(image) >= 0.5
-    if image.mode.startswith("I"):
-        values, half = np.asarray(image).astype(np.int64), 32768
-    else:
-        values, half = np.asarray(image.convert("L")), 128
-    return values >= (1 if values.max(initial=0) <= 1 else half)
 
 
 class _Reader:
@@ -256,8 +217,9 @@ def _check_masks(scan):
 
 def folder_dataset(root, resolution: int, batch_size: int, *, with_masks: bool = False, training: bool = True,
                    flip: bool = True, crop_scale: float = 1.125, seed: int = 0, cache: bool = False,
-                   start: int = 0) -> tf.data.Dataset:
-    """Batches of the images under `root` (a folder, or its `scan_folder` result to reuse the scan).
+                   start: int = 0):
+    """A tf.data.Dataset of batches of the images under `root` (a folder, or its `scan_folder`
+    result to reuse the scan).
 
     Yields images (B, R, R, 3) float32 in [-1, 1] with R = `resolution`, or dicts {"image",
     "mask": (B, R, R, 1) float32 of exact 0/1} when `with_masks`, which needs a mask for every
@@ -276,6 +238,10 @@ def folder_dataset(root, resolution: int, batch_size: int, *, with_masks: bool =
 
     Unreadable files are skipped, each logged once; pass a `scan_folder` result to count them.
     """
+    import tensorflow as tf
+
+    from keras_layered.data.geometry import check_crop_scale, crop_and_flip, to_floats
+
     _check_count("resolution", resolution)
     _check_count("batch_size", batch_size)
     check_crop_scale(crop_scale)

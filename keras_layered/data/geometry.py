@@ -1,15 +1,18 @@
-"""The crop geometry of real images, shared by the folder and TFDS readers (the original's `org_to_crop`).
+"""The crop geometry of real images as TensorFlow ops, shared by the folder and TFDS readers (the original's `org_to_crop`).
 
-The shorter side of an image is first resized to round(crop_scale * resolution) (bilinear for
-images, nearest for masks; each reader does that step in its own way), then this module takes a
-random crop (training) or the centre crop (evaluation) of resolution x resolution and, when
-training, flips it horizontally with probability 0.5. Image and mask travel as one uint8 tensor
-(mask as a 4th channel), so crop and flip can never move them apart.
+The rule itself (the size of the shorter side, the centre crop's box) is `keras_layered.io`'s,
+which `segment` follows too. The shorter side of an image is first resized to
+round(crop_scale * resolution) (files: by Pillow in `io.resize_shorter_side`; TFDS tensors: by
+tf.image.resize at `shorter_side_size`), then this module takes a random crop (training) or the
+centre crop (evaluation) of resolution x resolution and, when training, flips it horizontally with
+probability 0.5. Image and mask travel as one uint8 tensor (mask as a 4th channel), so crop and
+flip can never move them apart.
 """
 
+import numpy as np
 import tensorflow as tf
 
-from keras_layered.segment import centre_crop_box
+from keras_layered import io
 
 __all__ = ["check_crop_scale", "crop_and_flip", "shorter_side_size", "to_floats"]
 
@@ -20,14 +23,15 @@ def check_crop_scale(crop_scale):
 
 
 def shorter_side_size(height, width, shorter):
-    """int32 (new height, new width) with min == `shorter`, the other side scaled and rounded (half to even)."""
-    height, width = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-    short = tf.minimum(height, width)
+    """int32 tensor [new height, new width] of an image of (`height`, `width`) tensors:
+    `io.shorter_side_size`, the rule files are resized by, computed on the image's dynamic shape."""
 
-    def scaled(side):
-        return tf.maximum(tf.cast(shorter, tf.float64), tf.round(side * shorter / short))
+    def size(h, w):
+        new_width, new_height = io.shorter_side_size((int(w), int(h)), shorter)
+        return np.array([new_height, new_width], np.int32)
 
-    return tf.cast(scaled(height), tf.int32), tf.cast(scaled(width), tf.int32)
+    hw = tf.numpy_function(size, [height, width], tf.int32, stateful=False)
+    return tf.ensure_shape(hw, (2,))
 
 
 def crop_and_flip(pixels, position, resolution, *, training, flip, seed):
@@ -39,7 +43,7 @@ def crop_and_flip(pixels, position, resolution, *, training, flip, seed):
     """
     crop_shape = (resolution, resolution, pixels.shape[-1])
     if not training:
-        top, left = centre_crop_box(tf.shape(pixels)[0], tf.shape(pixels)[1], resolution)  # as `segment` crops
+        top, left = io.centre_crop_box(tf.shape(pixels)[0], tf.shape(pixels)[1], resolution)  # as `segment` crops
         return tf.ensure_shape(pixels[top:top + resolution, left:left + resolution], crop_shape)
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
         tf.stack([tf.constant(seed, tf.int64), tf.cast(position, tf.int64)]), 2))

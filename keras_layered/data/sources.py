@@ -13,8 +13,8 @@ import dataclasses
 import logging
 import random
 
-from keras_layered.config import ConfigError
 from keras_layered.data.spec import parse_data_spec
+from keras_layered.errors import ConfigError
 
 __all__ = ["check_available", "evaluation_dataset", "evaluation_split", "reference_dataset", "training_dataset"]
 
@@ -123,7 +123,7 @@ def evaluation_split(data):
             return (f"{data.eval_images} of the {masked} images with masks (data.eval_seed {data.eval_seed}; "
                     f"also trained on, without the masks)")
         return "the images with masks (also trained on, without the masks)"
-    from keras_layered.data.tfds import check_dataset_name
+    from keras_layered.data.registry import check_dataset_name
 
     entry = _about_source(data, lambda: check_dataset_name(spec.path_or_name))
     if entry.eval_split is None:
@@ -151,7 +151,8 @@ def evaluation_dataset(data, batch_size):
 
 def check_available(data):
     """Raises ConfigError (saying what to do) if `data.source` has no images to read: a missing or
-    empty folder, an unprepared dataset. Cheap (no file is opened), so callers check before writing."""
+    empty folder, an unprepared dataset. Cheap (no file is opened), so callers check before writing.
+    Imports TensorFlow only for a tfds: source (TFDS looks for the prepared dataset)."""
     spec = _spec(data)
     if spec.kind == "folder":
         from keras_layered.data.folder import find_image_mask_pairs
@@ -160,7 +161,8 @@ def check_available(data):
             raise ConfigError(f"data.source {data.source}: no image files (.jpg, .png, .webp, .bmp, ...) under "
                               f"{spec.path_or_name}")
     elif spec.kind == "tfds":
-        from keras_layered.data.tfds import DATASETS, load_split
+        from keras_layered.data.registry import DATASETS
+        from keras_layered.data.tfds import load_split  # imports TensorFlow: a dataset is looked for
 
         entry = DATASETS[spec.path_or_name.partition("/")[0]]
         _about_source(data, lambda: load_split(spec.path_or_name, entry.train_split, data_dir=data.data_dir,

@@ -1,4 +1,4 @@
-"""TensorFlow Datasets as a data source (`tfds:NAME[/CONFIG]`), for the datasets in `DATASETS`.
+"""TensorFlow Datasets as a data source (`tfds:NAME[/CONFIG]`), for the datasets in `registry.DATASETS`.
 
 Nothing is downloaded while training or evaluating: a dataset is read from `data_dir` (TFDS's
 default, ~/tensorflow_datasets or $TFDS_DATA_DIR, when empty). A dataset that is not prepared
@@ -7,87 +7,25 @@ internet, or, offline, from the dataset's archives downloaded by hand into `manu
 this module prepares it into `data_dir` itself, once).
 
 Images get the geometry of `keras_layered.data.geometry` (the same as image folders): shorter
-side resized to round(crop_scale * resolution), bilinear with antialiasing for images, nearest
-for masks (a mask of another size than its image is stretched onto it), then cropped and flipped
-together with the image as one 4-channel tensor.
+side resized to round(crop_scale * resolution) (the size by `io.shorter_side_size`, as for files)
+with tf.image.resize, bilinear with antialiasing for images, nearest for masks (a mask of another
+size than its image is stretched onto it), then cropped and flipped together with the image as
+one 4-channel tensor.
 """
 
-import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
 
-from keras_layered.config import ConfigError
 from keras_layered.data.geometry import check_crop_scale, crop_and_flip, shorter_side_size, to_floats
+from keras_layered.data.registry import check_dataset_name
+from keras_layered.errors import ConfigError
 
-__all__ = ["DATASETS", "MissingDatasetError", "TfdsDataset", "check_dataset_name", "load_split", "tfds_dataset",
-           "to_rgb"]
+__all__ = ["MissingDatasetError", "load_split", "tfds_dataset", "to_rgb"]
 
 
 class MissingDatasetError(ConfigError):
     """A supported dataset that is not prepared in the data directory; the message says how to prepare it."""
-
-
-def _cub_mask(example):
-    # CUB's masks average several annotators (grey levels 0..255): foreground where most agree,
-    # the same cut as image folders use (keras_layered.data.folder.load_mask).
-    return example["segmentation_mask"] >= 128
-
-
-def _pet_mask(example):
-    # Trimap: 1 pet, 2 background, 3 the unsure band along the outline, counted as pet (as in
-    # segmentation_models_pytorch's Oxford pet loader).
-    return tf.not_equal(example["segmentation_mask"], 2)
-
-
-@dataclasses.dataclass(frozen=True)
-class TfdsDataset:
-    """How to read one TFDS dataset.
-
-    train_split: TFDS split expression the GAN trains on. eval_split: the split with ground-truth
-    masks the segmentation stage is scored on (None: the dataset has no masks). mask: example ->
-    bool (H, W, 1) foreground. archives: the files `tfds build` downloads, as they must be named
-    in manual_dir ("{config}" is the builder config); needs: packages `tfds build` imports for it.
-    """
-
-    train_split: str
-    eval_split: str | None = None
-    mask: Callable | None = None
-    archives: Callable[[str], tuple] = lambda config: ()
-    needs: tuple = ()
-    config_required: bool = False
-
-
-_LSUN_SCENES = ("bedroom", "bridge", "church_outdoor", "classroom", "conference_room", "dining_room", "kitchen",
-                "living_room", "restaurant", "tower")
-
-DATASETS = {
-    "caltech_birds2011": TfdsDataset(
-        "train", "test", _cub_mask, lambda config: ("CUB_200_2011.tgz", "segmentations.tgz"),
-        needs=("opencv-python-headless",)),
-    "oxford_iiit_pet": TfdsDataset(
-        "train", "test", _pet_mask, lambda config: ("images.tar.gz", "annotations.tar.gz")),
-    # No masks; the GAN sees all 8189 flowers (its splits are for classification).
-    "oxford_flowers102": TfdsDataset(
-        "train+validation+test", archives=lambda config: ("102flowers.tgz", "imagelabels.mat", "setid.mat"),
-        needs=("scipy",)),
-    "lsun": TfdsDataset(
-        "train", config_required=True, needs=("tensorflow-io",),
-        archives=lambda config: ((f"{config}_train_lmdb.zip", f"{config}_val_lmdb.zip") if config in _LSUN_SCENES
-                                 else (f"{config}.zip",))),
-}
-
-
-def check_dataset_name(name):
-    """The `DATASETS` entry of "NAME" or "NAME/CONFIG"; ValueError naming the supported ones otherwise."""
-    dataset, _, config = name.partition("/")
-    if dataset not in DATASETS:
-        raise ValueError(f"tfds:{name} is not supported; supported datasets: "
-                         f"{', '.join(f'tfds:{n}/<category>' if e.config_required else f'tfds:{n}' for n, e in DATASETS.items())}")
-    if DATASETS[dataset].config_required and not config:
-        raise ValueError(f"tfds:{dataset} needs a category, e.g. tfds:{dataset}/car")
-    return DATASETS[dataset]
 
 
 def _missing_message(name, entry, data_dir, manual_dir, problem=""):
@@ -108,19 +46,10 @@ def _missing_message(name, entry, data_dir, manual_dir, problem=""):
     return "\n".join(lines)
 
 
-def _tfds():
-    """tensorflow_datasets, imported on first use: only tfds: sources need it."""
-    try:
-        import tensorflow_datasets
-    except ImportError as err:
-        raise ConfigError("tfds: data sources need TensorFlow Datasets: pip install tensorflow-datasets") from err
-    return tensorflow_datasets
-
-
 def _prepare_from_manual_dir(builder, name, entry, data_dir, manual_dir):
     """Prepares `builder` from the archives in `manual_dir`, refusing to start if one is missing
     (TFDS would try to download it)."""
-    tfds = _tfds()
+    import tensorflow_datasets as tfds
 
     folder = Path(manual_dir).expanduser()
     archives = entry.archives(name.partition("/")[2])
@@ -138,7 +67,7 @@ def _prepare_from_manual_dir(builder, name, entry, data_dir, manual_dir):
 
 
 def _builder(name, data_dir):
-    tfds = _tfds()
+    import tensorflow_datasets as tfds
 
     return tfds.builder(name, data_dir=str(Path(data_dir).expanduser()) if data_dir else None)
 
@@ -149,7 +78,7 @@ def load_split(name, split, *, data_dir="", manual_dir="", shuffle_files=False, 
     Reads from `data_dir`; if the dataset is not there, prepares it from `manual_dir` when given,
     else raises MissingDatasetError with the instructions.
     """
-    tfds = _tfds()
+    import tensorflow_datasets as tfds
 
     entry = check_dataset_name(name)
     builder = _builder(name, data_dir)
@@ -170,7 +99,7 @@ def load_split(name, split, *, data_dir="", manual_dir="", shuffle_files=False, 
 
 def to_rgb(image):
     """uint8 (H, W, C) with C = 1 (grey), 2 (grey + alpha), 3 or 4 (RGBA) -> (H, W, 3); transparency
-    over white, as `segment.load_image` does for files."""
+    over white, as `io.load_image` does for files."""
     channels = image.shape[-1]
     if channels == 3:
         return image
@@ -215,7 +144,7 @@ def tfds_dataset(name, resolution: int, batch_size: int, *, with_masks: bool = F
     one that never stopped. Otherwise one pass in the dataset's order, centre crops, the last batch
     possibly smaller. `cache` keeps the resized images in memory after the first pass.
     """
-    tfds = _tfds()
+    import tensorflow_datasets as tfds  # heavy: imported when a dataset is read
 
     check_crop_scale(crop_scale)
     entry = check_dataset_name(name)

@@ -5,8 +5,8 @@ from pathlib import Path
 import keras
 
 from keras_layered import distribute
-from keras_layered.config import ConfigError
 from keras_layered.data import sources
+from keras_layered.errors import ConfigError
 from keras_layered.models.discriminator import Discriminator
 from keras_layered.models.layered_generator import LayeredGenerator
 from keras_layered.training.layered_gan import LayeredGAN

@@ -12,8 +12,8 @@ from pathlib import Path
 import keras
 
 from keras_layered import distribute, kernels
-from keras_layered.config import ConfigError, load_config
-from keras_layered.data.sources import check_available, evaluation_split
+from keras_layered.data.sources import evaluation_split
+from keras_layered.errors import ConfigError
 from keras_layered.evaluation import evaluate_segmenter
 from keras_layered.training.build import (
     build_dataset,
@@ -23,20 +23,9 @@ from keras_layered.training.build import (
     build_segmenters,
 )
 from keras_layered.training.callbacks import Checkpoint, SampleGrid
+from keras_layered.training.checks import check_train, epoch_plan, generator_path
 
 log = logging.getLogger("keras_layered")
-
-STAGES = ("gan", "encoder", "all")
-
-
-def epoch_plan(steps, steps_per_epoch, section="train"):
-    """(epochs, steps_per_epoch) covering exactly `steps` steps."""
-    steps_per_epoch = min(steps_per_epoch, steps)
-    if steps % steps_per_epoch:
-        raise ConfigError(
-            f"{section}.steps ({steps}) must be a multiple of {section}.steps_per_epoch ({steps_per_epoch})"
-        )
-    return steps // steps_per_epoch, steps_per_epoch
 
 
 def fit_steps(model, dataset_from, done, steps, steps_per_epoch, checkpoint, callbacks, verbose="auto"):
@@ -103,68 +92,6 @@ def train(cfg, run_dir, stage="all", verbose="auto"):
     if stage in ("encoder", "all"):
         return train_segmentation(cfg, run_dir, verbose, generator)
     return None
-
-
-# What a stage's checkpoint holds or continues, so a resumed stage cannot change it.
-_SHAPES = "it changes the shapes of the networks in the checkpoint"
-_DATA = "it changes the training images the checkpoint's step continues from"
-_GAN_STATE = {
-    "data.source": _DATA, "data.resolution": _SHAPES, "data.difficulty": _DATA, "data.edges": _DATA,
-    "data.seed": _DATA, "data.crop_scale": _DATA, "data.flip": _DATA, "data.shuffle_buffer": _DATA,
-    "model.generator": _SHAPES, "model.latent_dim": _SHAPES, "model.base_width": _SHAPES,
-    "model.min_width": _SHAPES, "model.norm": _SHAPES, "model.d_base_width": _SHAPES,
-    "model.d_min_width": _SHAPES, "model.spectral_norm": _SHAPES, "model.mapping_layers": _SHAPES,
-    "train.batch_size": _DATA,  # the data continue at step x batch size
-    "train.seed": "the checkpoint holds the random-generator states it seeded",
-    "distribute.mixed_precision": "the checkpoint holds the state of one precision (float16: loss scaling)",
-}
-_SEGMENTATION_STATE = {
-    "segment.encoder": _SHAPES, "segment.distilled": _SHAPES, "segment.encoder_base_width": _SHAPES,
-    "segment.encoder_min_width": _SHAPES, "segment.unet_width": _SHAPES, "segment.unet_depth": _SHAPES,
-    "segment.perceptual_weight": "it adds or removes the VGG16 features in the checkpoint",
-    "segment.lr_decay": "it changes the optimizers' state in the checkpoint",
-    "segment.batch_size": _DATA,
-}
-
-
-def check_train(cfg, run_dir, stage="all"):
-    """Everything `train(cfg, run_dir, stage)` would refuse, checked without building or writing
-    anything (`python cli.py train --dry-run` runs it too); raises ConfigError saying what to do.
-
-    In a run that already trained (a checkpoint, or generator.keras), the keys its checkpoints
-    depend on (network shapes, training data, random and optimizer state) must keep the values of
-    its config.yaml; the others (steps, cadences, learning rates, loss weights) may change.
-    Returns `cfg`, with distribute.mixed_precision "auto" replaced by the run's own precision.
-    """
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    run_dir = Path(run_dir)
-    epoch_plan(cfg.train.steps, cfg.train.steps_per_epoch)
-    epoch_plan(cfg.segment.steps, cfg.segment.steps_per_epoch, "segment")
-    check_available(cfg.data)
-    gan_trained = (run_dir / "checkpoints" / "checkpoint").is_file() or (run_dir / "generator.keras").is_file()
-    if stage == "encoder":
-        _generator_path(run_dir)
-    saved_path = run_dir / "config.yaml"
-    if not (gan_trained and saved_path.is_file()):
-        return cfg
-    saved = load_config(saved_path).to_dict()
-    if cfg.distribute.mixed_precision == "auto":
-        cfg = dataclasses.replace(cfg, distribute=dataclasses.replace(
-            cfg.distribute, mixed_precision=saved["distribute"]["mixed_precision"]))
-    fixed = dict(_GAN_STATE)
-    if (run_dir / "checkpoints" / "segmentation" / "checkpoint").is_file():
-        fixed.update(_SEGMENTATION_STATE)
-    new = cfg.to_dict()
-    for key, reason in fixed.items():
-        section, name = key.split(".")
-        if new[section][name] != saved[section][name]:
-            raise ConfigError(
-                f"{key} cannot change when {run_dir} resumes: {reason} (the run has {saved[section][name]!r}, "
-                f"the command gives {new[section][name]!r}). Train it into a new run directory (--out), or "
-                f"drop the override to continue {run_dir} with its own config.yaml"
-            )
-    return cfg
 
 
 def train_gan(cfg, run_dir, verbose="auto"):
@@ -260,7 +187,7 @@ def train_segmentation(cfg, run_dir, verbose="auto", generator=None):
 
 def _check_generator(cfg, run_dir):
     """The run's trained generator, checked against `cfg`; ConfigError naming what to do otherwise."""
-    path = _generator_path(run_dir)
+    path = generator_path(run_dir)
     generator = keras.saving.load_model(path)
     for key, value, configured in (("data.resolution", generator.resolution, cfg.data.resolution),
                                    ("model.latent_dim", generator.latent_dim, cfg.model.latent_dim)):
@@ -277,16 +204,6 @@ def _configured_learning_rates(optimizers_and_rates):
     configured ones (e.g. lower ones after a non-finite loss)."""
     for optimizer, rate in optimizers_and_rates:
         optimizer.learning_rate = rate
-
-
-def _generator_path(run_dir):
-    path = Path(run_dir) / "generator.keras"
-    if not path.exists():
-        raise ConfigError(
-            f"{run_dir} holds no generator.keras: train the GAN stage first "
-            f"(python cli.py train --stage gan --out {run_dir})"
-        )
-    return path
 
 
 def _networks(trainer):
