@@ -26,7 +26,9 @@ from keras_layered.training.callbacks import Checkpoint, SampleGrid
 
 log = logging.getLogger("keras_layered")
 
-STAGES = ("gan", "encoder", "all")
+STAGES = ("gan", "segmenter", "all")
+# Old names still accepted: "encoder" trained the whole segmentation stage (encoder and U-Net).
+STAGE_ALIASES = {"encoder": "segmenter"}
 
 
 def epoch_plan(steps, steps_per_epoch, section="train"):
@@ -78,16 +80,18 @@ def with_progress(batches, label, verbose=1):
 
 
 def train(cfg, run_dir, stage="all", verbose="auto"):
-    """Runs the `stage`s of `cfg` in `run_dir` ("gan", "encoder" = the segmentation stage, or "all");
-    returns the evaluation of the segmentation stage, or None after the GAN stage alone."""
+    """Runs the `stage`s of `cfg` in `run_dir` ("gan", "segmenter" = the segmentation stage, or
+    "all"; "encoder" is the segmentation stage's old name); returns the evaluation of the
+    segmentation stage, or None after the GAN stage alone."""
     run_dir = Path(run_dir)
+    stage = _stage(stage)
     # Every check that can fail before anything is written: a bad command must not rewrite the
     # config of a run it cannot continue.
     cfg = check_train(cfg, run_dir, stage)
     # First of all TensorFlow: MultiWorkerMirroredStrategy must exist before any other op.
     strategy = distribute.make_strategy(cfg.distribute.strategy)
     with strategy.scope():
-        generator = _check_generator(cfg, run_dir) if stage == "encoder" else None
+        generator = _check_generator(cfg, run_dir) if stage == "segmenter" else None
     run_dir.mkdir(parents=True, exist_ok=True)
     # The run's config names the precision it trains in: a resume on other hardware keeps it
     # (float16 adds loss-scaling state to the checkpoint).
@@ -100,7 +104,7 @@ def train(cfg, run_dir, stage="all", verbose="auto"):
     cfg.save(run_dir / "config.yaml", comment=f"trained with: {kernels.describe(state)}")
     if stage in ("gan", "all"):
         train_gan(cfg, run_dir, verbose)
-    if stage in ("encoder", "all"):
+    if stage in ("segmenter", "all"):
         return train_segmentation(cfg, run_dir, verbose, generator)
     return None
 
@@ -127,6 +131,13 @@ _SEGMENTATION_STATE = {
 }
 
 
+def _stage(name):
+    name = STAGE_ALIASES.get(name, name)
+    if name not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {name!r}")
+    return name
+
+
 def check_train(cfg, run_dir, stage="all"):
     """Everything `train(cfg, run_dir, stage)` would refuse, checked without building or writing
     anything (`python cli.py train --dry-run` runs it too); raises ConfigError saying what to do.
@@ -136,14 +147,13 @@ def check_train(cfg, run_dir, stage="all"):
     its config.yaml; the others (steps, cadences, learning rates, loss weights) may change.
     Returns `cfg`, with distribute.mixed_precision "auto" replaced by the run's own precision.
     """
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    stage = _stage(stage)
     run_dir = Path(run_dir)
     epoch_plan(cfg.train.steps, cfg.train.steps_per_epoch)
     epoch_plan(cfg.segment.steps, cfg.segment.steps_per_epoch, "segment")
     check_available(cfg.data)
     gan_trained = (run_dir / "checkpoints" / "checkpoint").is_file() or (run_dir / "generator.keras").is_file()
-    if stage == "encoder":
+    if stage == "segmenter":
         _generator_path(run_dir)
     saved_path = run_dir / "config.yaml"
     if not (gan_trained and saved_path.is_file()):
