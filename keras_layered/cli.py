@@ -41,6 +41,16 @@ def main():
     logging.getLogger("keras_layered").setLevel(logging.INFO)
 
 
+class _StageChoice(click.Choice):
+    """--stage's choices, which also takes `encoder`, the segmentation stage's old name, unlisted."""
+
+    def __init__(self):
+        super().__init__(["gan", "segmenter", "all"])
+
+    def convert(self, value, param, ctx):
+        return super().convert("segmenter" if value == "encoder" else value, param, ctx)
+
+
 @main.command(
     epilog="""\b
 Two stages: the layered GAN, then the segmentation networks trained against its frozen
@@ -60,8 +70,9 @@ Running again on the same --out resumes each stage where it stopped."""
 @click.option("--out", "run_dir", type=click.Path(file_okay=False),
               help="Run directory (created, or resumed if it holds a checkpoint) [default: runs/<data name>, "
                    "e.g. runs/synthetic, runs/CUB_200_2011].")
-@click.option("--stage", type=click.Choice(["gan", "encoder", "all"]), default="all", show_default=True,
-              help="gan: the layered GAN; encoder: the segmentation stage on a trained GAN; all: both.")
+@click.option("--stage", type=_StageChoice(), default="all", show_default=True,
+              help="gan: the layered GAN; segmenter: the segmentation stage on a trained GAN (the encoder and "
+                   "the distilled U-Net; encoder is its old name); all: both.")
 @click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multi_worker"]),
               help="Devices, overriding distribute.strategy [default: auto = every GPU when more than one is "
                    "visible, else one device]; multi_worker reads the cluster from TF_CONFIG (README).")

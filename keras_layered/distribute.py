@@ -75,8 +75,14 @@ def _configure_coordination(cluster_spec):
     keeps), with a heartbeat timeout of `HEARTBEAT_TIMEOUT_S` instead of 10 s: on a busy CPU
     machine a worker that is alive but starved misses 10 s of heartbeats and the whole run aborts
     ("heartbeat timeout", seen with two workers on 2 shared cores). A worker that really died is
-    still noticed, a minute later. Internal TensorFlow API: skipped where it is missing."""
+    still noticed, a minute later.
+
+    TensorFlow has no public API for the coordination service (no `tf.config` or strategy option
+    sets its heartbeat), so this makes the calls MultiWorkerMirroredStrategy makes, through the
+    same internal modules, the leader included (`coordination_leader`, so every worker agrees with
+    TensorFlow's choice). Where they moved, the timeout stays TensorFlow's, with a warning."""
     try:
+        # Internal on purpose, see above: the only way in.
         from tensorflow.python.distribute import multi_worker_util
         from tensorflow.python.eager import context
 

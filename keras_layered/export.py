@@ -42,7 +42,7 @@ def export_segmenter(segmenter, directory):
 
     - `serving_default`: `images`, float32 (None, R, R, 3), in [0, 1] or in [0, 255] (an image
       whose maximum exceeds 2 is read as [0, 255], per image; see
-      `keras_layered.models.segmenter.to_model_range`). TF Serving's JSON API lands here. A numpy
+      `keras_layered.models.segmenter.Segmenter`). TF Serving's JSON API lands here. A numpy
       uint8 array works too (it is converted to float32 keeping its values 0..255), but a
       `tf.uint8` Tensor is refused with an InvalidArgumentError: send those to `serving_uint8`.
     - `serving_uint8`: `images`, uint8 (None, R, R, 3) in [0, 255], for clients sending raw bytes

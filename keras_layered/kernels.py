@@ -98,6 +98,8 @@ def kernel_state():
     import tensorflow as tf
 
     try:
+        # Internal: TensorFlow has no public query of whether oneDNN is on (`tf.sysconfig.get_build_info`
+        # does not say, and TF_ENABLE_ONEDNN_OPTS only says what was asked); "unknown" where it moved.
         from tensorflow.python.util import _pywrap_util_port
 
         onednn = "on" if _pywrap_util_port.IsMklEnabled() else "off"

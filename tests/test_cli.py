@@ -116,7 +116,8 @@ def overrides(values):
      "train.steps (7) must be a multiple of train.steps_per_epoch (2)"),
     (("--set", "segment.steps=5", "--set", "segment.steps_per_epoch=2"),
      "segment.steps (5) must be a multiple of segment.steps_per_epoch (2)"),
-    (("--stage", "encoder"), "holds no generator.keras: train the GAN stage first"),
+    (("--stage", "segmenter"), "holds no generator.keras: train the GAN stage first"),
+    (("--stage", "encoder"), "holds no generator.keras: train the GAN stage first"),  # the old name
     (("--data", "folder:no_such_folder"), "no_such_folder"),
 ])
 def test_dry_run_refuses_what_train_refuses(tmp_path, args, message):
@@ -161,7 +162,7 @@ def test_resume_refuses_what_its_checkpoint_cannot_take_and_trains_with_new_rate
     np.testing.assert_allclose(rates, [TINY_RATE, 1e-5], rtol=1e-6)
     # The same for the segmentation stage's optimizers.
     for steps, rate in ((2, 5e-4), (4, 1e-4)):
-        result = invoke("train", "--stage", "encoder", "--out", str(out), "--set", "segment.encoder=false",
+        result = invoke("train", "--stage", "segmenter", "--out", str(out), "--set", "segment.encoder=false",
                         "--set", "segment.lr_decay=false", "--set", f"segment.steps={steps}",
                         "--set", f"segment.lr={rate}")
         assert result.exit_code == 0, result.output

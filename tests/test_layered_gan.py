@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 import types
+import warnings
 
 import keras
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 
 from helpers import config_with
 
-from keras_layered.layers import composite
+from keras_layered.layers import BackgroundContrastJitter, BackgroundMixing, RandomShift, composite
 from keras_layered.models.discriminator import Discriminator
 from keras_layered.models.layered_generator import LayeredGenerator
 from keras_layered.training import run as run_module
@@ -45,6 +46,33 @@ def real_dataset():
 
 def fit_one_step(gan):
     return gan.fit(real_dataset(), epochs=1, steps_per_epoch=1, verbose=0).history
+
+
+PERTURBATIONS = {
+    "shift": lambda: RandomShift(0.25, seed=5),
+    "jitter": lambda: BackgroundContrastJitter(0.3, seed=5),
+    "mixing": lambda: BackgroundMixing(0.5, seed=5),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PERTURBATIONS))
+def test_perturbations_are_built_with_their_random_state_before_any_call(kind, tmp_path):
+    # Built at construction, else `fit` under tf.distribute calls the trainer holding them on a
+    # data batch to build them, which it cannot take.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no Keras warning at construction or call
+        trained, fresh = PERTURBATIONS[kind](), PERTURBATIONS[kind]()
+        assert fresh.built
+        # Its random state is its variable from the start, so a checkpoint restores it before
+        # the first call and the draws continue where they stopped.
+        assert [id(v) for v in fresh.variables] == [id(fresh.seed_generator.state)]
+        x = np.random.default_rng(0).uniform(-1, 1, (16, RES, RES, 3)).astype("float32")
+        first = keras.ops.convert_to_numpy(trained(x, training=True))
+        path = tf.train.Checkpoint(rng=trained.variables).write(str(tmp_path / "rng"))
+        tf.train.Checkpoint(rng=fresh.variables).read(path).assert_consumed()
+        second = keras.ops.convert_to_numpy(trained(x, training=True))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(fresh(x, training=True)), second)
+    assert not np.array_equal(first, second)
 
 
 def values(weights):

@@ -258,16 +258,6 @@ def test_identity_when_max_shift_is_zero():
     np.testing.assert_array_equal(np.asarray(layer(img, training=False)), img)
 
 
-def test_apply_at_inference_shifts_without_training():
-    layer = RandomShift(max_shift=0.25, apply_at_inference=True, seed=8)
-    img = bright_pixel(32, 8, 8, 4, 4)
-    for training in (False, None):
-        out = layer(img, training=training).numpy()
-        offsets = recover_offsets(out, 4, 4)
-        assert np.any(offsets != 0)
-        np.testing.assert_array_equal(out, np_shift(img, offsets))
-
-
 def test_layer_in_tf_function_with_unknown_batch():
     layer = RandomShift(max_shift=0.25, seed=9)
 
@@ -299,15 +289,12 @@ def test_invalid_max_shift_raises(bad):
 
 
 def test_config_round_trip():
-    layer = RandomShift(max_shift=0.2, apply_at_inference=True, seed=42, name="shifty", dtype="float64")
+    layer = RandomShift(max_shift=0.2, seed=42, name="shifty", dtype="float64")
     config = layer.get_config()
     assert config["max_shift"] == 0.2
-    assert config["apply_at_inference"] is True
     assert config["seed"] == 42
     clone = RandomShift.from_config(config)
-    assert (clone.max_shift, clone.apply_at_inference, clone.seed, clone.name) == (
-        0.2, True, 42, "shifty"
-    )
+    assert (clone.max_shift, clone.seed, clone.name) == (0.2, 42, "shifty")
     assert clone.dtype_policy.name == "float64"
     assert clone.get_config() == config
     # Same seed through the round trip, so the same offsets.
@@ -318,12 +305,12 @@ def test_config_round_trip():
     # And through Keras' own (registered) serialisation.
     revived = keras.layers.deserialize(json.loads(json.dumps(keras.layers.serialize(layer))))
     assert isinstance(revived, RandomShift)
-    assert (revived.max_shift, revived.apply_at_inference, revived.seed) == (0.2, True, 42)
+    assert (revived.max_shift, revived.seed) == (0.2, 42)
 
 
 def test_defaults_in_config():
     config = RandomShift().get_config()
-    assert (config["max_shift"], config["apply_at_inference"], config["seed"]) == (0.125, False, None)
+    assert (config["max_shift"], config["seed"]) == (0.125, None)
 
 
 MIRRORED_CODE = textwrap.dedent(

@@ -21,7 +21,7 @@ from keras_layered.config import config_from_dict
 from keras_layered.data.synthetic import synthetic_scenes
 from keras_layered.training import run as run_module
 from keras_layered.training.build import build_dataset, build_layered_gan
-from keras_layered.training.callbacks import Checkpoint, NonFiniteLossError, TrainingInterrupted
+from keras_layered.training.callbacks import Checkpoint, NonFiniteLossError, TrainingInterrupted, seed_states
 
 REPO = Path(__file__).resolve().parents[1]
 RES, BATCH = 8, 4
@@ -294,7 +294,8 @@ def dropout_model(seed):
 def test_checkpoint_restores_random_generator_states_and_reads_older_checkpoints(tmp_path, caplog):
     model = dropout_model(seed=1)
     model.optimizer.iterations.assign(3)
-    (state_variable,) = [v for v in model.variables if v.name == "seed_generator_state"]
+    state_variable = model.layers[-1].seed_generator.state
+    assert [id(v) for v in seed_states(model)] == [id(state_variable)]
     state_variable.assign([7, 9])
     checkpoint = Checkpoint(tmp_path / "new", 1, lambda m: {"model": m, "optimizer": m.optimizer})
     checkpoint.restore(model)
@@ -302,7 +303,7 @@ def test_checkpoint_restores_random_generator_states_and_reads_older_checkpoints
     checkpoint.save(3)
     again = dropout_model(seed=2)
     assert Checkpoint(tmp_path / "new", 1, lambda m: {"model": m, "optimizer": m.optimizer}).restore(again) == 3
-    np.testing.assert_array_equal([v for v in again.variables if v.name == "seed_generator_state"][0], [7, 9])
+    np.testing.assert_array_equal(again.layers[-1].seed_generator.state, [7, 9])
 
     # A checkpoint written before the random states were saved still restores, with a warning.
     old = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer), tmp_path / "old", 1)
@@ -311,6 +312,28 @@ def test_checkpoint_restores_random_generator_states_and_reads_older_checkpoints
         step = Checkpoint(tmp_path / "old", 1, lambda m: {"model": m, "optimizer": m.optimizer}).restore(
             dropout_model(seed=2))
     assert step == 3 and "random draws restart from the seed" in caplog.text
+
+
+class RandomHolder(keras.layers.Layer):
+    """A generator of its own and random layers in a list, a dict and a nested holder."""
+
+    def __init__(self, seed, inner=None, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(1)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.in_list = [keras.layers.Dense(1), keras.layers.Dropout(0.5, seed=seed + 1)]
+        self.in_dict = {"noise": keras.layers.GaussianNoise(0.1, seed=seed + 2)}
+        self.inner = inner
+
+
+def test_seed_states_finds_every_random_generator_in_the_order_of_the_variables():
+    inner = RandomHolder(20)
+    outer = RandomHolder(10, inner=inner)
+    outer.dense.build((None, 2))
+    expected = [outer.seed_generator, outer.in_list[1].seed_generator, outer.in_dict["noise"].seed_generator,
+                inner.seed_generator, inner.in_list[1].seed_generator, inner.in_dict["noise"].seed_generator]
+    states = seed_states(outer)
+    assert [id(v) for v in states] == [id(g.state) for g in expected]  # and no kernel or bias
 
 
 def test_checkpoint_without_a_step_counter_resumes_at_the_optimizers_count(tmp_path):

@@ -12,7 +12,7 @@ from keras_layered.layers import LargestComponent
 from keras_layered.models.encoder import Encoder
 from keras_layered.models.generator_inversion import GeneratorInversion
 from keras_layered.models.layered_generator import LayeredGenerator
-from keras_layered.models.segmenter import Segmenter, to_model_range
+from keras_layered.models.segmenter import Segmenter
 from keras_layered.models.unet import UNet
 
 RES, LATENT = 8, 4
@@ -252,30 +252,35 @@ def test_inversion_keras_save_load_round_trip(inversion, tmp_path):
         np.testing.assert_array_equal(numpy(actual[key]), numpy(expected[key]), err_msg=key)
 
 
-# Segmenter and to_model_range
+# Segmenter
 
 
-def test_to_model_range_uint8_is_exact():
-    x = np.array([0, 255, 51, 204], np.uint8).reshape(1, 2, 2, 1)
-    out = numpy(to_model_range(x))
+def network_input(images):
+    """What a Segmenter hands its network for `images` (B, 2, 2, 3): its rescaling to [-1, 1]."""
+    return numpy(Segmenter(keras.layers.Identity(), 2)(images))
+
+
+def test_segmenter_reads_uint8_exactly():
+    x = np.repeat(np.array([0, 255, 51, 204], np.uint8).reshape(1, 2, 2, 1), 3, axis=-1)
+    out = network_input(x)
     assert out.dtype == np.float32
-    assert out.ravel()[0] == -1.0 and out.ravel()[1] == 1.0  # the extremes exactly
-    np.testing.assert_allclose(out.ravel()[2:], [-0.6, 0.6], atol=1e-6)
+    assert out[0, 0, 0, 0] == -1.0 and out[0, 0, 1, 0] == 1.0  # the extremes exactly
+    np.testing.assert_allclose(out[0, 1, :, 0], [-0.6, 0.6], atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_to_model_range_float_unit_interval(dtype):
-    x = np.array([0.0, 1.0, 0.5, 0.25], dtype).reshape(1, 2, 2, 1)
-    out = numpy(to_model_range(x))
+def test_segmenter_reads_float_images_in_the_unit_interval(dtype):
+    x = np.repeat(np.array([0.0, 1.0, 0.5, 0.25], dtype).reshape(1, 2, 2, 1), 3, axis=-1)
+    out = network_input(x)
     assert out.dtype == np.float32
-    np.testing.assert_allclose(out.ravel(), [-1.0, 1.0, 0.0, -0.5], atol=1e-7)
+    np.testing.assert_allclose(out[..., 0].ravel(), [-1.0, 1.0, 0.0, -0.5], atol=1e-7)
 
 
-def test_to_model_range_reads_each_float_image_by_its_own_peak():
-    unit = np.array([0.0, 0.5, 1.0, 0.25], np.float32).reshape(2, 2, 1)
+def test_segmenter_reads_each_float_image_by_its_own_peak():
+    unit = np.repeat(np.array([0.0, 0.5, 1.0, 0.25], np.float32).reshape(2, 2, 1), 3, axis=-1)
     # [0, 1]; [0, 255]; dark [0, 1]; a [0, 1] image a resize overshot to 1.05; max 2.5 -> [0, 255]
     batch = np.stack([unit, unit * 255.0, unit * 0.5, unit * 1.05, unit * 2.5])
-    out = numpy(to_model_range(batch)).reshape(5, 4)
+    out = network_input(batch)[..., 0].reshape(5, 4)
     np.testing.assert_allclose(out[0], [-1.0, 0.0, 1.0, -0.5], atol=1e-6)
     np.testing.assert_allclose(out[1], [-1.0, 0.0, 1.0, -0.5], atol=1e-6)
     np.testing.assert_allclose(out[2], [-1.0, -0.5, 0.0, -0.75], atol=1e-6)

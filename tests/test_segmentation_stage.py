@@ -1,4 +1,4 @@
-"""The segmentation stage: SegmentationTrainer, the `encoder` stage of a run, and the CLI commands
+"""The segmentation stage: SegmentationTrainer, the `segmenter` stage of a run, and the CLI commands
 that use its result (evaluate, export, segment)."""
 
 import copy
@@ -320,7 +320,7 @@ def test_encoder_segmenter_decodes_with_the_frozen_gan_generator(run):
         np.testing.assert_array_equal(a, b)
 
 
-def test_encoder_stage_resumes_from_its_checkpoint(run, tmp_path, monkeypatch):
+def test_segmenter_stage_resumes_from_its_checkpoint(run, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     shutil.copytree(run.dir, run_dir)
     restored = {}
@@ -333,7 +333,7 @@ def test_encoder_stage_resumes_from_its_checkpoint(run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(run_module.Checkpoint, "restore", recording_restore)
     cfg = tiny_config(steps=4)
-    run_module.train(cfg, run_dir, stage="encoder", verbose=0)
+    run_module.train(cfg, run_dir, stage="segmenter", verbose=0)
     assert restored["segmentation"] == 2 and "checkpoints" not in restored  # the GAN stage was not run again
     # The networks come back as the first run left them.
     first = keras.saving.load_model(run.dir / "segmenter_distilled.keras").network
@@ -350,16 +350,23 @@ def test_segmentation_stage_with_lr_decay_resumes_on_its_schedule(run, tmp_path)
     run_dir = tmp_path / "run"
     shutil.copytree(run.dir, run_dir)
     shutil.rmtree(run_dir / "checkpoints" / "segmentation")
-    run_module.train(tiny_config(steps=2, lr_decay=True), run_dir, stage="encoder", verbose=0)
-    run_module.train(tiny_config(steps=4, lr_decay=True), run_dir, stage="encoder", verbose=0)
+    run_module.train(tiny_config(steps=2, lr_decay=True), run_dir, stage="segmenter", verbose=0)
+    run_module.train(tiny_config(steps=4, lr_decay=True), run_dir, stage="segmenter", verbose=0)
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "segmentation"))
     assert latest.endswith("ckpt-4")
     assert tf.train.load_variable(latest, "unet_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 4
 
 
-def test_encoder_stage_needs_a_trained_generator(tmp_path):
+@pytest.mark.parametrize("stage", ["segmenter", "encoder"])  # encoder: the stage's old name
+def test_segmenter_stage_needs_a_trained_generator(tmp_path, stage):
     with pytest.raises(ConfigError, match="--stage gan"):
-        run_module.train(tiny_config(), tmp_path / "empty", stage="encoder", verbose=0)
+        run_module.train(tiny_config(), tmp_path / "empty", stage=stage, verbose=0)
+    assert not (tmp_path / "empty").exists()
+
+
+def test_an_unknown_stage_is_refused_naming_the_stages(tmp_path):
+    with pytest.raises(ValueError, match="stage must be one of gan, segmenter, all, got 'unet'"):
+        run_module.train(tiny_config(), tmp_path / "run", stage="unet", verbose=0)
 
 
 # --- CLI: evaluate, export, segment -------------------------------------------------------------
@@ -425,8 +432,9 @@ def test_cli_segment_writes_one_mask_per_image(run, tmp_path):
 def test_cli_train_help_names_the_stages():
     result = invoke("train", "--help")
     assert result.exit_code == 0
-    for text in ("--stage", "gan", "encoder", "segmenter.keras", "evaluation.json"):
-        assert text in result.output, text
+    for text in ("--stage [gan|segmenter|all]", "segmenter: the segmentation stage", "encoder is its old name",
+                 "segmenter.keras", "evaluation.json"):
+        assert text in " ".join(result.output.split()), text
 
 
 def test_a_bad_command_does_not_rewrite_the_runs_config(run, tmp_path):
@@ -434,7 +442,7 @@ def test_a_bad_command_does_not_rewrite_the_runs_config(run, tmp_path):
     shutil.copytree(run.dir, run_dir)
     before = (run_dir / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="data.resolution cannot change .*the run has 8, "):
-        run_module.train(config_from_dict({**TINY, "data": {"resolution": 16}}), run_dir, stage="encoder", verbose=0)
+        run_module.train(config_from_dict({**TINY, "data": {"resolution": 16}}), run_dir, stage="segmenter", verbose=0)
     with pytest.raises(ConfigError, match="segment.steps_per_epoch"):
         run_module.train(tiny_config(steps=3), run_dir, stage="all", verbose=0)
     assert (run_dir / "config.yaml").read_text() == before

@@ -30,9 +30,9 @@ class BackgroundContrastJitter(keras.layers.Layer):
         self.strength = strength
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        # Stateless apart from the seed, built now (as keras' Dropout): `fit` under tf.distribute
-        # builds any unbuilt layer of the model by calling the model on a data batch.
-        self._build_at_init()
+        # No state to build apart from the seed, so built now: under tf.distribute, `fit` builds a
+        # model with an unbuilt layer by calling it on a data batch, which a trainer cannot take.
+        self.built = True
 
     def call(self, background, training=None):
         if not training or self.strength == 0.0:

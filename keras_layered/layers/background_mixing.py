@@ -32,7 +32,7 @@ class BackgroundMixing(keras.layers.Layer):
         self.rate = rate
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self._build_at_init()  # stateless apart from the seed (see BackgroundContrastJitter)
+        self.built = True  # no state to build apart from the seed (see BackgroundContrastJitter)
 
     def call(self, background, training=None):
         if not training or self.rate == 0.0:

@@ -42,11 +42,10 @@ class RandomShift(keras.layers.Layer):
 
     Each offset component is drawn uniformly in [-max_shift * size, max_shift * size] and
     rounded, as in Bielski & Favaro (2019). All inputs get the same offsets, so the foreground
-    and its mask move together. Active in training only, unless `apply_at_inference=True`.
+    and its mask move together. Active in training only.
 
     Args:
         max_shift: largest shift as a fraction of the image height / width, in [0, 0.5).
-        apply_at_inference: also shift when `training` is false.
         seed: seed of the layer's own random generator.
 
     Call arguments:
@@ -54,7 +53,7 @@ class RandomShift(keras.layers.Layer):
         training: whether the layer is in training mode.
     """
 
-    def __init__(self, max_shift=0.125, apply_at_inference=False, seed=None, **kwargs):
+    def __init__(self, max_shift=0.125, seed=None, **kwargs):
         # Shifts tensors in their own dtype: float32 layers stay float32 under a mixed policy.
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
@@ -64,12 +63,11 @@ class RandomShift(keras.layers.Layer):
                 f"got {max_shift}."
             )
         self.max_shift = max_shift
-        self.apply_at_inference = apply_at_inference
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        # Stateless apart from the seed, built now (as keras' Dropout): `fit` under tf.distribute
-        # builds any unbuilt layer of the model by calling the model on a data batch.
-        self._build_at_init()
+        # No state to build apart from the seed, so built now: under tf.distribute, `fit` builds a
+        # model with an unbuilt layer by calling it on a data batch, which a trainer cannot take.
+        self.built = True
 
     def sample_offsets(self, batch_size, height, width):
         """(B, 2) int32 offsets (dy, dx) drawn from the layer's distribution."""
@@ -80,7 +78,7 @@ class RandomShift(keras.layers.Layer):
     def call(self, inputs, training=None):
         single = not isinstance(inputs, (list, tuple))
         tensors = [inputs] if single else list(inputs)
-        if self.max_shift == 0.0 or not (training or self.apply_at_inference):
+        if self.max_shift == 0.0 or not training:
             return inputs
         shape = ops.shape(tensors[0])
         offsets = self.sample_offsets(shape[0], shape[1], shape[2])
@@ -92,7 +90,5 @@ class RandomShift(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            max_shift=self.max_shift, apply_at_inference=self.apply_at_inference, seed=self.seed
-        )
+        config.update(max_shift=self.max_shift, seed=self.seed)
         return config

@@ -6,18 +6,14 @@ from keras import ops
 from keras_layered.layers.largest_component import LargestComponent
 
 
-def to_model_range(images):
-    """uint8 images in [0, 255], or float images in [0, 1], -> float32 in [-1, 1].
+def _rescale(images, from_uint8):
+    """float32 `images` -> [-1, 1]: from [0, 255] if they were uint8, else from [0, 1] or [0, 255].
 
     A float image whose maximum exceeds 2 is read as [0, 255] (a uint8 image converted to float,
     as TF Serving's JSON API and `np.asarray(..., float)` do); per image, so batches may mix. The
     margin above 1 keeps [0, 1] images that a resize overshot slightly in [0, 1]; a [0, 255]
     image whose maximum is 2 or less is black anyway.
     """
-    return _rescale(ops.cast(images, "float32"), keras.backend.standardize_dtype(images.dtype) == "uint8")
-
-
-def _rescale(images, from_uint8):
     if from_uint8:
         return images / 127.5 - 1.0
     peak = ops.max(images, axis=(1, 2, 3), keepdims=True)
@@ -75,8 +71,9 @@ class Segmenter(keras.Model):
         largest_component: keep only the largest connected region of each mask (`LargestComponent`):
             for images that show one object each.
 
-    Call: images (B, resolution, resolution, 3), uint8 in [0, 255] or float in [0, 1] (see
-    `to_model_range`) -> masks (B, resolution, resolution, 1) in [0, 1].
+    Call: images (B, resolution, resolution, 3), uint8 in [0, 255] or float in [0, 1] -> masks
+    (B, resolution, resolution, 1) in [0, 1]. Images of another numeric dtype are read as float,
+    and a float image whose maximum exceeds 2 as [0, 255], per image (see `_rescale`).
     """
 
     def __init__(self, network, resolution, largest_component=False, **kwargs):

@@ -281,7 +281,7 @@ class StyleLayeredGenerator(keras.Model):
         self.object_synthesis = _SynthesisNetwork(
             resolution, latent_dim, base_width, min_width, out_channels=4, name="object_synthesis"
         )
-        # Every shape is known from the config: build now so mapping()/synthesis() work at once.
+        # Every shape is known from the config: build now, so the weights exist before the first call.
         self.build((None, latent_dim))
 
     def build(self, input_shape):
@@ -291,16 +291,17 @@ class StyleLayeredGenerator(keras.Model):
         self.background_synthesis.build(ws_shape)
         self.object_synthesis.build(ws_shape)
 
-    def mapping(self, z):
+    def _mapping(self, z):
         """z (B, latent_dim) -> w (B, w_dim) = [w_background | w_object]."""
         return ops.concatenate([self.background_mapping(z), self.object_mapping(z)], axis=-1)
 
-    def synthesis(self, ws, training=False):
-        """ws (B, num_ws, w_dim) -> output dict as in `call`.
-
-        `training` is accepted for symmetry with `call`; synthesis (noise included) is the
-        same in both modes.
-        """
+    def call(self, z, training=False):
+        w = self._mapping(z)  # (B, w_dim)
+        if training and self.style_mixing_prob > 0:
+            ws = self._mix_styles(z, w)
+        else:
+            ws = ops.repeat(w[:, None, :], self.num_ws, axis=1)  # (B, num_ws, w_dim)
+        # Synthesis, noise included, is the same in training and at inference.
         batch = ops.shape(ws)[0]
         background = self.background_synthesis(ws[..., : self.latent_dim], self._draw_noise(batch))
         obj = self.object_synthesis(ws[..., self.latent_dim :], self._draw_noise(batch))
@@ -309,14 +310,6 @@ class StyleLayeredGenerator(keras.Model):
             "foreground": ops.tanh(obj[..., :3]),  # (B, H, W, 3)
             "mask": ops.sigmoid(obj[..., 3:]),  # (B, H, W, 1)
         }
-
-    def call(self, z, training=False):
-        w = self.mapping(z)  # (B, w_dim)
-        if training and self.style_mixing_prob > 0:
-            ws = self._mix_styles(z, w)
-        else:
-            ws = ops.repeat(w[:, None, :], self.num_ws, axis=1)
-        return self.synthesis(ws, training=training)
 
     def _draw_noise(self, batch):
         return [
@@ -328,7 +321,7 @@ class StyleLayeredGenerator(keras.Model):
         """Per sample, with probability style_mixing_prob, use the w of a fresh z from a
         random crossover layer in [1, num_ws) on; returns ws (B, num_ws, w_dim)."""
         batch = ops.shape(z)[0]
-        w_mix = self.mapping(distribute.normal(ops.shape(z), self.seed_generator, dtype=z.dtype))
+        w_mix = self._mapping(distribute.normal(ops.shape(z), self.seed_generator, dtype=z.dtype))
         crossover = distribute.randint((batch, 1), self.seed_generator, 1, self.num_ws)
         mixed = distribute.uniform((batch, 1), self.seed_generator) < self.style_mixing_prob
         crossover = ops.where(mixed, crossover, self.num_ws)  # num_ws: no layer switches

@@ -1,6 +1,7 @@
 """Keras callbacks of a training run: image grids, mask-collapse warnings, checkpoints that survive
 kills, signals and non-finite losses."""
 
+import collections.abc
 import contextlib
 import logging
 import signal
@@ -213,8 +214,30 @@ class Checkpoint(keras.callbacks.Callback):
 
 
 def seed_states(model):
-    """The state variables of every `keras.random.SeedGenerator` of `model`, in model order."""
-    return [v for v in model.variables if v.name == "seed_generator_state"]
+    """The state variables of every `keras.random.SeedGenerator` of `model` and of its layers, in
+    the order of `model.variables` (the checkpoint's order: construction order)."""
+    states = {id(generator.state) for generator in _seed_generators(model)}
+    return [v for v in model.variables if id(v) in states]
+
+
+def _seed_generators(root):
+    """Every SeedGenerator among the attributes of `root` and, recursively, of its layers (also in
+    lists, tuples and dicts): found by type, whatever names Keras or the layers give them."""
+    found, seen, pending = [], set(), [root]
+    while pending:
+        value = pending.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, keras.random.SeedGenerator):
+            found.append(value)
+        elif isinstance(value, keras.layers.Layer):
+            pending.extend(vars(value).values())
+        elif isinstance(value, collections.abc.Mapping):
+            pending.extend(value.values())
+        elif isinstance(value, (list, tuple, set)):
+            pending.extend(value)
+    return found
 
 
 @contextlib.contextmanager

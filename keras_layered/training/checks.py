@@ -10,9 +10,11 @@ from keras_layered.config import load_config
 from keras_layered.data.sources import check_available
 from keras_layered.errors import ConfigError
 
-__all__ = ["STAGES", "check_train", "epoch_plan", "generator_path"]
+__all__ = ["STAGES", "STAGE_ALIASES", "check_train", "epoch_plan", "generator_path", "stage_name"]
 
-STAGES = ("gan", "encoder", "all")
+STAGES = ("gan", "segmenter", "all")
+# Old names still accepted: "encoder" trained the whole segmentation stage (encoder and U-Net).
+STAGE_ALIASES = {"encoder": "segmenter"}
 
 
 def epoch_plan(steps, steps_per_epoch, section="train"):
@@ -47,6 +49,14 @@ _SEGMENTATION_STATE = {
 }
 
 
+def stage_name(name):
+    """A stage's name, with old names (`STAGE_ALIASES`) replaced; ValueError for an unknown one."""
+    name = STAGE_ALIASES.get(name, name)
+    if name not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {name!r}")
+    return name
+
+
 def check_train(cfg, run_dir, stage="all"):
     """Everything `train(cfg, run_dir, stage)` would refuse, checked without building or writing
     anything (`python cli.py train --dry-run` runs it too); raises ConfigError saying what to do.
@@ -56,14 +66,13 @@ def check_train(cfg, run_dir, stage="all"):
     its config.yaml; the others (steps, cadences, learning rates, loss weights) may change.
     Returns `cfg`, with distribute.mixed_precision "auto" replaced by the run's own precision.
     """
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    stage = stage_name(stage)
     run_dir = Path(run_dir)
     epoch_plan(cfg.train.steps, cfg.train.steps_per_epoch)
     epoch_plan(cfg.segment.steps, cfg.segment.steps_per_epoch, "segment")
     check_available(cfg.data)
     gan_trained = (run_dir / "checkpoints" / "checkpoint").is_file() or (run_dir / "generator.keras").is_file()
-    if stage == "encoder":
+    if stage == "segmenter":
         generator_path(run_dir)
     saved_path = run_dir / "config.yaml"
     if not (gan_trained and saved_path.is_file()):

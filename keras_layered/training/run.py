@@ -23,7 +23,7 @@ from keras_layered.training.build import (
     build_segmenters,
 )
 from keras_layered.training.callbacks import Checkpoint, SampleGrid
-from keras_layered.training.checks import check_train, epoch_plan, generator_path
+from keras_layered.training.checks import check_train, epoch_plan, generator_path, stage_name
 
 log = logging.getLogger("keras_layered")
 
@@ -67,16 +67,18 @@ def with_progress(batches, label, verbose=1):
 
 
 def train(cfg, run_dir, stage="all", verbose="auto"):
-    """Runs the `stage`s of `cfg` in `run_dir` ("gan", "encoder" = the segmentation stage, or "all");
-    returns the evaluation of the segmentation stage, or None after the GAN stage alone."""
+    """Runs the `stage`s of `cfg` in `run_dir` ("gan", "segmenter" = the segmentation stage, or
+    "all"; "encoder" is the segmentation stage's old name); returns the evaluation of the
+    segmentation stage, or None after the GAN stage alone."""
     run_dir = Path(run_dir)
+    stage = stage_name(stage)
     # Every check that can fail before anything is written: a bad command must not rewrite the
     # config of a run it cannot continue.
     cfg = check_train(cfg, run_dir, stage)
     # First of all TensorFlow: MultiWorkerMirroredStrategy must exist before any other op.
     strategy = distribute.make_strategy(cfg.distribute.strategy)
     with strategy.scope():
-        generator = _check_generator(cfg, run_dir) if stage == "encoder" else None
+        generator = _check_generator(cfg, run_dir) if stage == "segmenter" else None
     run_dir.mkdir(parents=True, exist_ok=True)
     # The run's config names the precision it trains in: a resume on other hardware keeps it
     # (float16 adds loss-scaling state to the checkpoint).
@@ -89,7 +91,7 @@ def train(cfg, run_dir, stage="all", verbose="auto"):
     cfg.save(run_dir / "config.yaml", comment=f"trained with: {kernels.describe(state)}")
     if stage in ("gan", "all"):
         train_gan(cfg, run_dir, verbose)
-    if stage in ("encoder", "all"):
+    if stage in ("segmenter", "all"):
         return train_segmentation(cfg, run_dir, verbose, generator)
     return None
 
