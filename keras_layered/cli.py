@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ start-up chatter 
 import click
 import yaml
 
-from keras_layered.config import ConfigError, load_config
+from keras_layered.config import ConfigError, choices, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
 
@@ -55,7 +55,7 @@ Running again on the same --out resumes each stage where it stopped."""
                    "e.g. runs/synthetic, runs/CUB_200_2011].")
 @click.option("--stage", type=click.Choice(["gan", "encoder", "all"]), default="all", show_default=True,
               help="gan: the layered GAN; encoder: the segmentation stage on a trained GAN; all: both.")
-@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multi_worker"]),
+@click.option("--strategy", type=click.Choice(choices("distribute.strategy")),
               help="Devices, overriding distribute.strategy [default: auto = every GPU when more than one is "
                    "visible, else one device]; multi_worker reads the cluster from TF_CONFIG (README).")
 @click.option("--dry-run", is_flag=True,
@@ -248,7 +248,7 @@ an encoder segmenter that refines latents).""")
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A run directory that finished `python cli.py train`.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Export directory.")
-@click.option("--method", type=click.Choice(["served", "encoder", "distilled"]), default="served",
+@click.option("--method", type=click.Choice(["served", *choices("segment.serve")]), default="served",
               show_default=True, help="Which segmenter: the run's segment.serve one, or a named one.")
 @click.option("--onnx", is_flag=True, help="Also write the segmenter as ONNX models (tf2onnx).")
 def export(run_dir, out_dir, method, onnx):

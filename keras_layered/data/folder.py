@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from keras_layered.config import DataConfig
 from keras_layered.data.geometry import check_crop_scale, crop_and_flip, to_floats
 from keras_layered.segment import (
     IMAGE_EXTENSIONS,
@@ -255,8 +256,8 @@ def _check_masks(scan):
 
 
 def folder_dataset(root, resolution: int, batch_size: int, *, with_masks: bool = False, training: bool = True,
-                   flip: bool = True, crop_scale: float = 1.125, seed: int = 0, cache: bool = False,
-                   start: int = 0) -> tf.data.Dataset:
+                   flip: bool = DataConfig.flip, crop_scale: float = DataConfig.crop_scale, seed: int = DataConfig.seed,
+                   cache: bool = DataConfig.cache, start: int = 0) -> tf.data.Dataset:
     """Batches of the images under `root` (a folder, or its `scan_folder` result to reuse the scan).
 
     Yields images (B, R, R, 3) float32 in [-1, 1] with R = `resolution`, or dicts {"image",

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_layered.config import SegmentConfig
 from keras_layered.layers.largest_component import LargestComponent
 
 
@@ -79,7 +80,7 @@ class Segmenter(keras.Model):
     `to_model_range`) -> masks (B, resolution, resolution, 1) in [0, 1].
     """
 
-    def __init__(self, network, resolution, largest_component=False, **kwargs):
+    def __init__(self, network, resolution, largest_component=SegmentConfig.largest_component, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.resolution = resolution
