@@ -17,7 +17,7 @@ import click
 import yaml
 
 from keras_layered import kernels
-from keras_layered.config import load_config
+from keras_layered.config import choices, load_config
 from keras_layered.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
@@ -73,7 +73,7 @@ Running again on the same --out resumes each stage where it stopped."""
 @click.option("--stage", type=_StageChoice(), default="all", show_default=True,
               help="gan: the layered GAN; segmenter: the segmentation stage on a trained GAN (the encoder and "
                    "the distilled U-Net; encoder is its old name); all: both.")
-@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multi_worker"]),
+@click.option("--strategy", type=click.Choice(choices("distribute.strategy")),
               help="Devices, overriding distribute.strategy [default: auto = every GPU when more than one is "
                    "visible, else one device]; multi_worker reads the cluster from TF_CONFIG (README).")
 @click.option("--dry-run", is_flag=True,
@@ -269,7 +269,7 @@ an encoder segmenter that refines latents).""")
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A run directory that finished `python cli.py train`.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Export directory.")
-@click.option("--method", type=click.Choice(["served", "encoder", "distilled"]), default="served",
+@click.option("--method", type=click.Choice(["served", *choices("segment.serve")]), default="served",
               show_default=True, help="Which segmenter: the run's segment.serve one, or a named one.")
 @click.option("--onnx", is_flag=True, help="Also write the segmenter as ONNX models (tf2onnx).")
 def export(run_dir, out_dir, method, onnx):

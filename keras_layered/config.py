@@ -2,6 +2,11 @@
 
 Unknown keys, wrong types and out-of-range values fail before anything is built, with the
 dotted key named, so a typo in a config costs seconds instead of a training run.
+
+Each field is defined once, here: its default, and its range or choices (`bounded`, `choice`).
+Library classes and functions whose argument stands for a field take its default from these
+dataclasses (e.g. `base_width=ModelConfig.base_width`), so they build the config's recipe; the
+command line and `distribute` take their choice lists from `choices`.
 """
 
 import dataclasses
@@ -16,74 +21,132 @@ import yaml
 from keras_layered.errors import ConfigError  # re-exported: keras_layered.config.ConfigError
 
 
+RESOLUTION_RULE = "a power of two in [8, 256]"
+
+
+def is_resolution(value):
+    """Whether `value` is an image size this package builds for (`RESOLUTION_RULE`): the one rule
+    of data.resolution, the models (`models.widths.check_resolution`) and the built-in scenes."""
+    return isinstance(value, int) and not isinstance(value, bool) and 8 <= value <= 256 and value & (value - 1) == 0
+
+
+# A field's rule lives in its metadata: "choices" (the values allowed), or "valid" (a predicate)
+# with "expected" (what the error says a value must be). Rules between fields are in _check_rules.
+
+
+def choice(*options, default=None):
+    """A field that takes one of `options`; its default is `default`, else the first option."""
+    default = options[0] if default is None else default
+    if default not in options:
+        raise ValueError(f"default {default!r} is not one of the choices {options}")
+    return dataclasses.field(default=default, metadata={"choices": options})
+
+
+def bounded(default, *, ge=None, gt=None, le=None, lt=None, note=""):
+    """A number field in the given bounds (ge: >=, gt: >, le: <=, lt: <); the error message shows
+    them as "in [lo, hi)" or ">= lo", then `note`."""
+    low = next(((op, b) for op, b in (("[", ge), ("(", gt)) if b is not None), None)
+    high = next(((op, b) for op, b in (("]", le), (")", lt)) if b is not None), None)
+    if low and high:
+        expected = f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    else:
+        expected = " ".join(f"{op} {b:g}" for op, b in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if b is not None)
+
+    def valid(value):
+        return ((ge is None or value >= ge) and (gt is None or value > gt)
+                and (le is None or value <= le) and (lt is None or value < lt))
+
+    return checked(default, valid, expected + note)
+
+
+def checked(default, valid, expected):
+    """A field whose values satisfy `valid`; the error message says they must be `expected`."""
+    return dataclasses.field(default=default, metadata={"valid": valid, "expected": expected})
+
+
+def choices(key):
+    """The options of the choice field `key`, e.g. choices("distribute.strategy"): the one list that
+    the command line and the modules acting on the value use."""
+    return _field(key).metadata["choices"]
+
+
 @dataclasses.dataclass
 class DataConfig:
     source: str = "synthetic"  # "synthetic", "folder:PATH" or "tfds:NAME[/CONFIG]" (README, "Data")
-    resolution: int = 32  # square images, power of two, 8..256
-    difficulty: float = 0.3  # built-in scenes: 0 = plain ellipses, 1 = varied shapes, busy backgrounds
-    edges: int = 2  # built-in scenes: sharp straight edges across each background (0-4); they make the shift bite
+    resolution: int = checked(32, is_resolution, RESOLUTION_RULE)  # square images, power of two, 8..256
+    # built-in scenes: 0 = plain ellipses, 1 = varied shapes, busy backgrounds
+    difficulty: float = bounded(0.3, ge=0, le=1)
+    # built-in scenes: sharp straight edges across each background; they make the shift bite
+    edges: int = bounded(2, ge=0, le=4)
     seed: int = 0  # seed of the built-in training scenes; of shuffles, crops and flips of real images
     eval_seed: int = 12345  # seed of the held-out built-in scenes used for evaluation
-    eval_scenes: int = 512  # number of held-out scenes evaluated
-    eval_images: int = 512  # folders / datasets: images with masks scored, a fixed subset (data.eval_seed); 0 = all
-    crop_scale: float = 1.125  # real images: shorter side resized to crop_scale * resolution, then cropped
+    eval_scenes: int = bounded(512, ge=1)  # number of held-out scenes evaluated
+    # folders / datasets: images with masks scored, a fixed subset (data.eval_seed)
+    eval_images: int = bounded(512, ge=0, note=" (0 = all the images with masks)")
+    # real images: shorter side resized to crop_scale * resolution, then cropped
+    crop_scale: float = bounded(1.125, ge=1, note=" (the crop must fit in the resized image)")
     flip: bool = True  # real images: random horizontal flips in training
     cache: bool = False  # real images: keep them decoded and resized in memory (datasets that fit)
-    shuffle_buffer: int = 10000  # tfds: examples shuffled together (folders shuffle their whole file list)
+    # tfds: examples shuffled together (folders shuffle their whole file list)
+    shuffle_buffer: int = bounded(10000, ge=1)
     data_dir: str = ""  # tfds: folder of prepared datasets ("" = ~/tensorflow_datasets or $TFDS_DATA_DIR)
     manual_dir: str = ""  # tfds: folder of the dataset's downloaded archives, to prepare it offline
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    generator: str = "dcgan"  # "dcgan" (fast on CPU) or "style" (the paper's StyleGAN-like generator)
-    latent_dim: int = 64
+    # "dcgan" (fast on CPU) or "style" (the paper's StyleGAN-like generator)
+    generator: str = choice("dcgan", "style")
+    latent_dim: int = bounded(64, ge=1)
     base_width: int = 128  # channels at 4x4, halved at every doubling of resolution ...
     min_width: int = 32  # ... but never fewer than this
-    norm: str = "batch"  # dcgan generator normalisation: "batch" or "none"
+    norm: str = choice("batch", "none")  # dcgan generator normalisation: "batch" or "none"
     d_base_width: int = 128  # discriminator channels at its coarsest level
     d_min_width: int = 32  # discriminator channels at full resolution
     spectral_norm: bool = False  # spectral normalisation in the discriminator
     mapping_layers: int = 8  # style generator only
-    style_mixing_prob: float = 0.0  # style generator only
+    style_mixing_prob: float = bounded(0.0, ge=0, le=1)  # style generator only
 
 
 @dataclasses.dataclass
 class PerturbConfig:
-    max_shift: float = 0.125  # random shift of foreground+mask, fraction of the image size
-    bg_contrast_jitter: float = 0.0  # background contrast factor drawn in [1 - s, 1 + s]
-    background_mixing: float = 0.0  # fraction of fakes over another latent's background (0 = shared z, the paper)
+    max_shift: float = bounded(0.125, ge=0, lt=0.5)  # random shift of foreground+mask, fraction of the image size
+    bg_contrast_jitter: float = bounded(0.0, ge=0, lt=1)  # background contrast factor drawn in [1 - s, 1 + s]
+    # fraction of fakes over another latent's background (0 = shared z, the paper)
+    background_mixing: float = bounded(0.0, ge=0, le=1)
 
 
 @dataclasses.dataclass
 class LossConfig:
-    adversarial: str = "nonsaturating"  # "nonsaturating" (+ R1) or "wgan_gp" (+ drift)
+    adversarial: str = choice("nonsaturating", "wgan_gp")  # "nonsaturating" (+ R1) or "wgan_gp" (+ drift)
     r1_gamma: float = 5.0  # nonsaturating only
     gp_weight: float = 10.0  # wgan_gp only
     drift: float = 0.001  # wgan_gp only
-    penalty_every: int = 16  # R1 every this many D steps, weighted by it (lazy regularisation); 1 for wgan_gp
-    min_mask_coverage: float = 0.15  # hinge keeps the mean mask above this
+    # R1 every this many D steps, weighted by it (lazy regularisation); 1 for wgan_gp
+    penalty_every: int = bounded(16, ge=1)
+    min_mask_coverage: float = bounded(0.15, ge=0, le=1)  # hinge keeps the mean mask above this
     mask_coverage_weight: float = 2.0
     binarization_weight: float = 0.5  # pushes mask values to 0 or 1
-    max_mask_coverage: float = 1.0  # hinge keeps the mean mask below this (1.0 = off)
+    max_mask_coverage: float = bounded(1.0, ge=0, le=1)  # hinge keeps the mean mask below this (1.0 = off)
     max_coverage_weight: float = 0.0
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    steps: int = 4000  # generator steps in all
-    steps_per_epoch: int = 250  # one Keras progress bar (epoch) per this many steps
-    batch_size: int = 64
-    g_lr: float = 2e-4
-    d_lr: float = 2e-4
+    steps: int = bounded(4000, ge=1)  # generator steps in all
+    steps_per_epoch: int = bounded(250, ge=1)  # one Keras progress bar (epoch) per this many steps
+    batch_size: int = bounded(64, ge=1)
+    g_lr: float = bounded(2e-4, gt=0)
+    d_lr: float = bounded(2e-4, gt=0)
     beta_1: float = 0.0
     beta_2: float = 0.99
-    d_steps: int = 1  # discriminator steps per generator step
-    ema_decay: float = 0.999  # EMA copy of the generator, used for samples and export
-    ema_bn_batches: int = 16  # its BatchNorm statistics: recomputed over this many batches (0 = the generator's)
+    d_steps: int = bounded(1, ge=1)  # discriminator steps per generator step
+    ema_decay: float = bounded(0.999, ge=0, lt=1)  # EMA copy of the generator, used for samples and export
+    # its BatchNorm statistics: recomputed over this many batches (0 = the generator's)
+    ema_bn_batches: int = bounded(16, ge=0)
     seed: int = 0
-    sample_every: int = 500  # steps between image grids (PNG + TensorBoard)
-    checkpoint_every: int = 500  # steps between checkpoints
+    sample_every: int = bounded(500, ge=1)  # steps between image grids (PNG + TensorBoard)
+    checkpoint_every: int = bounded(500, ge=1)  # steps between checkpoints
     jit_compile: bool = False
 
 
@@ -93,36 +156,43 @@ class SegmentConfig:
 
     encoder: bool = True  # train the paper's encoder (image -> z -> frozen generator -> mask)
     distilled: bool = True  # train a U-Net on the generator's (composite, mask) pairs (beyond the paper)
-    serve: str = "distilled"  # which one `segmenter.keras` and `export` use: "distilled" or "encoder"
-    steps: int = 1000
-    steps_per_epoch: int = 250
-    batch_size: int = 64
-    lr: float = 5e-4  # Adam, betas (0.9, 0.99), for both networks ...
+    # which one `segmenter.keras` and `export` use: "distilled" or "encoder"
+    serve: str = choice("distilled", "encoder")
+    steps: int = bounded(1000, ge=1)
+    steps_per_epoch: int = bounded(250, ge=1)
+    batch_size: int = bounded(64, ge=1)
+    lr: float = bounded(5e-4, gt=0)  # Adam, betas (0.9, 0.99), for both networks ...
     lr_decay: bool = False  # ... decayed linearly to 0 over segment.steps
     encoder_base_width: int = 128  # encoder channels at 4x4, halved per level up, floored at ...
     encoder_min_width: int = 32
     latent_weight: float = 1.0  # ||E(G(z)) - z||^2 on generated images
     mask_weight: float = 1.0  # BCE(mask(G(E(G(z)))), mask(G(z))) on generated images
     reconstruction_weight: float = 1.0  # L1 |G(E(x)) - x| on real images
-    shifted_fraction: float = 0.0  # of the generated images: randomly shifted, mask term only (in [0, 1))
-    refine_steps: int = 50  # served encoder path: Adam steps on each image's latent (reconstruction)
-    refine_lr: float = 0.02  # their step size
-    perceptual_weight: float = 0.0  # L1 between VGG16 features of G(E(x)) and x; needs ...
+    # of the generated images: randomly shifted, mask term only
+    shifted_fraction: float = bounded(0.0, ge=0, lt=1, note=": the unshifted rest trains the latent regression")
+    # served encoder path: Adam steps on each image's latent (reconstruction)
+    refine_steps: int = bounded(50, ge=0)
+    refine_lr: float = bounded(0.02, gt=0)  # their step size
+    perceptual_weight: float = bounded(0.0, ge=0)  # L1 between VGG16 features of G(E(x)) and x; needs ...
     perceptual_weights: str = ""  # ... a local VGG16 notop weights file (.h5), e.g. keras' cache
-    visible_threshold: float = 0.0  # U-Net targets: mask > 0.5 where |foreground - background| > this (0 = off)
+    # U-Net targets: mask > 0.5 where |foreground - background| > this (0 = off)
+    visible_threshold: float = bounded(0.0, ge=0, lt=2, note=": a difference of pixel values in [-1, 1]")
     largest_component: bool = False  # served masks: only the largest connected region (one object per image)
-    unet_width: int = 32  # U-Net channels at full resolution, doubled per level down
+    unet_width: int = bounded(32, ge=1)  # U-Net channels at full resolution, doubled per level down
     unet_depth: int = 3
-    checkpoint_every: int = 250
+    checkpoint_every: int = bounded(250, ge=1)
 
 
 @dataclasses.dataclass
 class DistributeConfig:
     """Devices, machines and arithmetic of training (README, "Distributed training")."""
 
-    strategy: str = "auto"  # auto: MirroredStrategy when > 1 GPU is visible; default; mirrored; multi_worker (TF_CONFIG)
-    mixed_precision: str = "none"  # none (float32), mixed_float16 (GPU, loss-scaled), mixed_bfloat16, or auto (fastest here)
-    onednn: bool | str = "auto"  # TensorFlow's oneDNN CPU kernels: auto (on with AVX2 + FMA), true, false
+    # auto: MirroredStrategy when > 1 GPU is visible; default; mirrored; multi_worker (TF_CONFIG)
+    strategy: str = choice("auto", "default", "mirrored", "multi_worker")
+    # none (float32), mixed_float16 (GPU, loss-scaled), mixed_bfloat16, or auto (fastest here)
+    mixed_precision: str = choice("auto", "none", "mixed_float16", "mixed_bfloat16", default="none")
+    # TensorFlow's oneDNN CPU kernels: auto (on with AVX2 + FMA), true, false (YAML's on / off too)
+    onednn: bool | str = choice("auto", True, False)
 
 
 @dataclasses.dataclass
@@ -144,70 +214,33 @@ class Config:
         Path(path).write_text(head + yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-_CHOICES = {
-    "model.generator": ("dcgan", "style"),
-    "model.norm": ("batch", "none"),
-    "loss.adversarial": ("nonsaturating", "wgan_gp"),
-    "segment.serve": ("distilled", "encoder"),
-    "distribute.strategy": ("auto", "default", "mirrored", "multi_worker"),
-    "distribute.mixed_precision": ("auto", "none", "mixed_float16", "mixed_bfloat16"),
-    "distribute.onednn": ("auto", True, False),
-}
+def _check_fields(section, prefix=""):
+    """Each field's own rule, from its metadata (`choice`, `bounded`, `checked`)."""
+    for field in dataclasses.fields(section):
+        key, value = f"{prefix}{field.name}", getattr(section, field.name)
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, f"{key}.")
+        elif "choices" in field.metadata and value not in field.metadata["choices"]:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, field.metadata['choices']))}; got {value!r}")
+        elif "valid" in field.metadata and not field.metadata["valid"](value):
+            raise ConfigError(f"{key} must be {field.metadata['expected']}, got {value!r}")
 
 
-def _check_ranges(cfg):
-    """Range checks that the types alone do not express; raises ConfigError naming the key."""
-    res = cfg.data.resolution
+def _check_rules(cfg):
+    """Rules between fields, after each field's own; raises ConfigError naming the key."""
     rules = [
-        ("data.resolution", 8 <= res <= 256 and res & (res - 1) == 0, "a power of two in [8, 256]"),
-        ("data.difficulty", 0.0 <= cfg.data.difficulty <= 1.0, "in [0, 1]"),
-        ("data.edges", 0 <= cfg.data.edges <= 4, "in [0, 4]"),
-        ("perturb.max_shift", 0.0 <= cfg.perturb.max_shift < 0.5, "in [0, 0.5)"),
-        ("perturb.bg_contrast_jitter", 0.0 <= cfg.perturb.bg_contrast_jitter < 1.0, "in [0, 1)"),
-        ("perturb.background_mixing", 0.0 <= cfg.perturb.background_mixing <= 1.0, "in [0, 1]"),
-        ("loss.min_mask_coverage", 0.0 <= cfg.loss.min_mask_coverage <= 1.0, "in [0, 1]"),
-        ("loss.max_mask_coverage", 0.0 <= cfg.loss.max_mask_coverage <= 1.0, "in [0, 1]"),
-        ("model.latent_dim", cfg.model.latent_dim >= 1, ">= 1"),
         ("model.min_width", 1 <= cfg.model.min_width <= cfg.model.base_width, "in [1, model.base_width]"),
         ("model.d_min_width", 1 <= cfg.model.d_min_width <= cfg.model.d_base_width,
          "in [1, model.d_base_width]"),
-        ("model.style_mixing_prob", 0.0 <= cfg.model.style_mixing_prob <= 1.0, "in [0, 1]"),
-        ("loss.penalty_every", cfg.loss.penalty_every >= 1, ">= 1"),
         ("loss.penalty_every", cfg.loss.adversarial != "wgan_gp" or cfg.loss.penalty_every == 1,
          "1 with loss.adversarial=wgan_gp (its gradient penalty belongs to every critic step; lazy "
          "regularisation is for R1, loss.adversarial=nonsaturating)"),
-        ("train.steps", cfg.train.steps >= 1, ">= 1"),
-        ("train.steps_per_epoch", cfg.train.steps_per_epoch >= 1, ">= 1"),
-        ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
-        ("train.d_steps", cfg.train.d_steps >= 1, ">= 1"),
-        ("train.ema_decay", 0.0 <= cfg.train.ema_decay < 1.0, "in [0, 1)"),
-        ("train.ema_bn_batches", cfg.train.ema_bn_batches >= 0, ">= 0"),
-        ("train.g_lr", cfg.train.g_lr > 0, "> 0"),
-        ("train.d_lr", cfg.train.d_lr > 0, "> 0"),
-        ("train.sample_every", cfg.train.sample_every >= 1, ">= 1"),
-        ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, ">= 1"),
-        ("data.eval_scenes", cfg.data.eval_scenes >= 1, ">= 1"),
-        ("data.eval_images", cfg.data.eval_images >= 0, ">= 0 (0 = all the images with masks)"),
-        ("data.crop_scale", cfg.data.crop_scale >= 1.0, ">= 1 (the crop must fit in the resized image)"),
-        ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 1, ">= 1"),
-        ("segment.steps", cfg.segment.steps >= 1, ">= 1"),
-        ("segment.steps_per_epoch", cfg.segment.steps_per_epoch >= 1, ">= 1"),
-        ("segment.batch_size", cfg.segment.batch_size >= 1, ">= 1"),
-        ("segment.lr", cfg.segment.lr > 0, "> 0"),
-        ("segment.checkpoint_every", cfg.segment.checkpoint_every >= 1, ">= 1"),
         ("segment.encoder_min_width", 1 <= cfg.segment.encoder_min_width <= cfg.segment.encoder_base_width,
          "in [1, segment.encoder_base_width]"),
-        ("segment.unet_width", cfg.segment.unet_width >= 1, ">= 1"),
-        ("segment.visible_threshold", 0.0 <= cfg.segment.visible_threshold < 2.0,
-         "in [0, 2): a difference of pixel values in [-1, 1]"),
-        ("segment.shifted_fraction", 0.0 <= cfg.segment.shifted_fraction < 1.0,
-         "in [0, 1): the unshifted rest trains the latent regression"),
-        ("segment.unet_depth", 1 <= cfg.segment.unet_depth and res % 2**cfg.segment.unet_depth == 0,
+        ("segment.unet_depth",
+         1 <= cfg.segment.unet_depth and cfg.data.resolution % 2**cfg.segment.unet_depth == 0,
          ">= 1 with data.resolution divisible by 2**depth"),
-        ("segment.perceptual_weight", cfg.segment.perceptual_weight >= 0, ">= 0"),
-        ("segment.refine_steps", cfg.segment.refine_steps >= 0, ">= 0"),
-        ("segment.refine_lr", cfg.segment.refine_lr > 0, "> 0"),
-        ("segment.serve", getattr(cfg.segment, cfg.segment.serve, True),
+        ("segment.serve", getattr(cfg.segment, cfg.segment.serve),
          "a network the stage trains (segment.encoder / segment.distilled is false)"),
         ("segment.encoder", cfg.segment.encoder or cfg.segment.distilled,
          "true, or segment.distilled true: the stage needs a network to train"),
@@ -219,10 +252,12 @@ def _check_ranges(cfg):
     for key, ok, expected in rules:
         if not ok:
             raise ConfigError(f"{key} must be {expected}, got {_get(cfg, key)!r}")
+
+
+def _check(cfg):
+    _check_fields(cfg)
+    _check_rules(cfg)
     _check_data_source(cfg.data.source)
-    for key, choices in _CHOICES.items():
-        if _get(cfg, key) not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {_get(cfg, key)!r}")
 
 
 def _check_data_source(source):
@@ -243,6 +278,14 @@ def _get(cfg, dotted):
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
     return cfg
+
+
+def _field(dotted):
+    """The dataclass field of a dotted key, e.g. "distribute.strategy"."""
+    cls, (*sections, name) = Config, dotted.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+    return {field.name: field for field in dataclasses.fields(cls)}[name]
 
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -289,7 +332,7 @@ def _build(cls, values, prefix):
 
 def config_from_dict(values):
     cfg = _build(Config, values or {}, "")
-    _check_ranges(cfg)
+    _check(cfg)
     return cfg
 
 

@@ -18,13 +18,15 @@ import os
 
 import keras
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-PRECISIONS = ("auto", "none", "mixed_float16", "mixed_bfloat16")
+from keras_layered.config import DistributeConfig, choices
+
+STRATEGIES = choices("distribute.strategy")
+PRECISIONS = choices("distribute.mixed_precision")
 
 _strategies = {}
 
 
-def make_strategy(name="auto"):
+def make_strategy(name=DistributeConfig.strategy):
     """The `tf.distribute.Strategy` called `name`, created once per process.
 
     - "auto": MirroredStrategy when more than one GPU is visible, else "default".

@@ -1,4 +1,4 @@
-"""TensorFlow's CPU kernels: oneDNN on or off, decided before TensorFlow loads (standard library only).
+"""TensorFlow's CPU kernels: oneDNN on or off, decided before TensorFlow loads (no TensorFlow import).
 
 TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it is imported, and by default turns oneDNN on
 only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX. Its convolutions are also much faster than
@@ -18,7 +18,9 @@ import os
 import platform
 import sys
 
-ONEDNN_SETTINGS = ("auto", True, False)  # distribute.onednn (YAML reads on / off as true / false)
+from keras_layered.config import DistributeConfig, choices
+
+ONEDNN_SETTINGS = choices("distribute.onednn")
 ENV = "TF_ENABLE_ONEDNN_OPTS"
 ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 
@@ -64,7 +66,7 @@ def decide_onednn(setting, environ, flags):
     return None, "distribute.onednn=auto: no AVX2 + FMA, TensorFlow's default"
 
 
-def configure_onednn(setting="auto", environ=None, cpuinfo="/proc/cpuinfo"):
+def configure_onednn(setting=DistributeConfig.onednn, environ=None, cpuinfo="/proc/cpuinfo"):
     """Sets TF_ENABLE_ONEDNN_OPTS from `decide_onednn` before TensorFlow loads; returns the
     decision (True / False / None). Once TensorFlow is imported the variable has no effect and is
     left alone (None is returned)."""

@@ -7,6 +7,8 @@ Logits are (B, 1) or (B,); masks are (B, H, W, 1).
 
 from keras import ops
 
+from keras_layered.config import LossConfig
+
 
 def d_nonsaturating_loss(real_logits, fake_logits):
     """Logistic discriminator loss: softplus(-D(x)) + softplus(D(G(z))) (Goodfellow et al. 2014)."""
@@ -24,7 +26,7 @@ def r1_penalty(real_gradients, gamma):
     return 0.5 * gamma * ops.mean(squared_norm)
 
 
-def d_wasserstein_loss(real_logits, fake_logits, drift=0.001):
+def d_wasserstein_loss(real_logits, fake_logits, drift=LossConfig.drift):
     """WGAN critic loss with ProGAN's drift term: -D(x) + D(G(z)) + drift * D(x)^2."""
     return ops.mean(fake_logits - real_logits + drift * ops.square(real_logits))
 
@@ -34,7 +36,7 @@ def g_wasserstein_loss(fake_logits):
     return -ops.mean(fake_logits)
 
 
-def gradient_penalty(interpolate_gradients, weight=10.0):
+def gradient_penalty(interpolate_gradients, weight=LossConfig.gp_weight):
     """WGAN-GP (Gulrajani et al. 2017): weight * E (||grad D(x_hat)|| - 1)^2."""
     norm = ops.sqrt(ops.sum(ops.square(interpolate_gradients), axis=(1, 2, 3)) + 1e-12)
     return weight * ops.mean(ops.square(norm - 1.0))

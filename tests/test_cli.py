@@ -39,6 +39,20 @@ def test_train_help_shows_options_and_outputs():
         assert written in result.output, written
 
 
+def test_choice_options_are_the_config_choices(tmp_path):
+    from keras_layered.config import choices
+
+    def option(command, name):
+        return next(p for p in command.params if p.name == name).type.choices
+
+    assert tuple(option(cli.train, "strategy")) == choices("distribute.strategy")
+    assert tuple(option(cli.export, "method")) == ("served", *choices("segment.serve"))
+    out = tmp_path / "run"
+    result = invoke("train", "--dry-run", "--strategy", "mirrored", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["distribute"]["strategy"] == "mirrored"  # --strategy sets the key
+
+
 def test_dry_run_prints_the_resolved_config_and_builds_nothing(tmp_path, monkeypatch):
     import keras_layered.training.run as run_module
 

@@ -176,6 +176,24 @@ def test_valid_resolutions(resolution):
     assert load_config(overrides=[f"data.resolution={resolution}"]).data.resolution == resolution
 
 
+@pytest.mark.parametrize("resolution", [4, 8, 12, 32, 48, 256, 512])
+def test_config_models_and_scenes_share_the_resolution_rule(resolution):
+    from keras_layered.data.synthetic import synthetic_scenes
+    from keras_layered.models.widths import check_resolution
+
+    def accepts(check):
+        try:
+            check()
+        except ValueError:  # ConfigError included
+            return False
+        return True
+
+    verdicts = {accepts(lambda: load_config(overrides=[f"data.resolution={resolution}"])),
+                accepts(lambda: check_resolution(resolution, "model")),
+                accepts(lambda: synthetic_scenes(resolution, 1))}
+    assert verdicts == {resolution in (8, 32, 256)}
+
+
 def test_boundary_values_accepted():
     cfg = load_config(overrides=["perturb.max_shift=0.49", "train.ema_decay=0.0", "data.difficulty=1"])
     assert cfg.perturb.max_shift == 0.49 and cfg.train.ema_decay == 0.0 and cfg.data.difficulty == 1.0

@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras_layered import distribute
 from helpers import config_with
 
-from keras_layered.config import _CHOICES
+from keras_layered.config import choices
 from keras_layered.training.build import build_layered_gan, build_segmentation_trainer
 
 RES, LATENT, BATCH = 8, 8, 4
@@ -47,10 +47,10 @@ def numpy_weights(model):
 # --- strategies ----------------------------------------------------------------------------------
 
 
-def test_config_choices_are_the_module_choices():
-    # config.py must not import TensorFlow (the CLI validates before importing it), so it repeats them.
-    assert _CHOICES["distribute.strategy"] == distribute.STRATEGIES
-    assert _CHOICES["distribute.mixed_precision"] == distribute.PRECISIONS
+def test_every_configured_precision_resolves_to_a_dtype_policy():
+    # distribute.PRECISIONS is the config's list: every option it allows must be one this module sets.
+    for name in choices("distribute.mixed_precision"):
+        assert distribute.resolve_precision(name) in ("none", "mixed_float16", "mixed_bfloat16"), name
 
 
 def test_default_and_auto_strategies_on_this_machine():

@@ -30,7 +30,8 @@ def segmenters(generator):
     return {
         "unet": Segmenter(UNet(RES, width=8, depth=1), RES),
         "inversion": Segmenter(
-            GeneratorInversion(Encoder(RES, LATENT, base_width=16, min_width=8, hidden_dim=16), generator), RES
+            GeneratorInversion(Encoder(RES, LATENT, base_width=16, min_width=8, hidden_dim=16), generator,
+                               refine_steps=0), RES
         ),
         # Latent refinement differentiates inside the served graph: it must export too.
         "refined": Segmenter(

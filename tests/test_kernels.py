@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from keras_layered import kernels
-from keras_layered.config import _CHOICES, ConfigError, load_config
+from keras_layered.config import ConfigError, choices, load_config
 
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
 ZEN4 = AVX2 | {"avx512f", "avx512_bf16"}
@@ -17,8 +17,11 @@ SAPPHIRE_RAPIDS = ZEN4 | {"amx_tile", "amx_bf16"}
 OLD = frozenset({"sse4_2", "avx"})  # no AVX2 / FMA
 
 
-def test_config_choices_are_the_module_choices():
-    assert _CHOICES["distribute.onednn"] == kernels.ONEDNN_SETTINGS
+def test_every_configured_onednn_setting_is_decided():
+    # kernels.ONEDNN_SETTINGS is the config's list: every option it allows gives a decision and its reason.
+    for setting in choices("distribute.onednn"):
+        on, why = kernels.decide_onednn(setting, {}, AVX2)
+        assert on in (True, False) and f"distribute.onednn={setting}" in why
     assert load_config().distribute.onednn == "auto"
 
 

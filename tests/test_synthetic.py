@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_layered.config import DataConfig
 from keras_layered.data.synthetic import make_scenes, synthetic_scenes
 
 
-def scenes(n, resolution, start=0, **kwargs):
-    out = make_scenes(tf.range(start, start + n, dtype=tf.int64), resolution, **kwargs)
+def scenes(n, resolution, start=0, edges=0, **kwargs):
+    """Images and masks of scenes start..start + n, without edges (the smooth fields measured here) unless asked."""
+    out = make_scenes(tf.range(start, start + n, dtype=tf.int64), resolution, edges=edges, **kwargs)
     return out["image"].numpy(), out["mask"].numpy()
 
 
@@ -139,7 +141,7 @@ def test_dataset_elements_and_length():
 ])
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        synthetic_scenes(**kwargs)
+        synthetic_scenes(**{"resolution": 16, "batch_size": 4, **kwargs})
 
 
 def test_make_scenes_validates_too():
@@ -164,7 +166,9 @@ def test_edges_add_sharp_steps_to_the_background_only():
     assert background_jumps(smooth_image, smooth_mask).max() <= 2  # smooth fields: (almost) no jumps
     jumps = background_jumps(edged_image, edged_mask)
     assert (jumps >= 10).mean() > 0.9  # edges cross most scenes over many pixels
-    np.testing.assert_array_equal(scenes(4, 16, edges=0)[0], scenes(4, 16)[0])
+    # Without `edges`, the scenes are the config's (data.edges).
+    default = make_scenes(tf.range(4, dtype=tf.int64), 16)["image"].numpy()
+    np.testing.assert_array_equal(scenes(4, 16, edges=DataConfig.edges)[0], default)
 
 
 @pytest.mark.parametrize("edges", [-1, 5, 1.0, True])

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from keras_layered.config import DataConfig
 from keras_layered.errors import UnreadableImageError
 from keras_layered.io import IMAGE_EXTENSIONS, PIL_ERRORS, find_images, load_image, load_mask, resize_shorter_side
 
@@ -216,8 +217,8 @@ def _check_masks(scan):
 
 
 def folder_dataset(root, resolution: int, batch_size: int, *, with_masks: bool = False, training: bool = True,
-                   flip: bool = True, crop_scale: float = 1.125, seed: int = 0, cache: bool = False,
-                   start: int = 0):
+                   flip: bool = DataConfig.flip, crop_scale: float = DataConfig.crop_scale, seed: int = DataConfig.seed,
+                   cache: bool = DataConfig.cache, start: int = 0):
     """A tf.data.Dataset of batches of the images under `root` (a folder, or its `scan_folder`
     result to reuse the scan).
 

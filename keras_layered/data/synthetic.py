@@ -24,6 +24,8 @@ import math
 
 import tensorflow as tf
 
+from keras_layered.config import RESOLUTION_RULE, DataConfig, is_resolution
+
 __all__ = ["make_scenes", "synthetic_scenes"]
 
 # Number of uniform draws each scene consumes, by purpose. Appending entries
@@ -50,7 +52,8 @@ _MAX_EDGES = 4
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
-def synthetic_scenes(resolution: int = 32, batch_size: int = 64, *, seed: int = 0, difficulty: float = 0.3, edges: int = 0,
+def synthetic_scenes(resolution: int, batch_size: int, *, seed: int = DataConfig.seed,
+                     difficulty: float = DataConfig.difficulty, edges: int = DataConfig.edges,
                      num_scenes: int | None = None, with_masks: bool = False, start: int = 0) -> tf.data.Dataset:
     """Batches of synthetic scenes, infinite unless `num_scenes` is given.
 
@@ -83,7 +86,8 @@ def synthetic_scenes(resolution: int = 32, batch_size: int = 64, *, seed: int = 
             .prefetch(tf.data.AUTOTUNE))
 
 
-def make_scenes(indices, resolution: int, *, seed: int = 0, difficulty: float = 0.3, edges: int = 0) -> dict:
+def make_scenes(indices, resolution: int, *, seed: int = DataConfig.seed, difficulty: float = DataConfig.difficulty,
+                edges: int = DataConfig.edges) -> dict:
     """Renders the scenes with the given int64 indices (B,).
 
     Returns {"image": float32 (B, H, W, 3) in [-1, 1], "mask": float32
@@ -103,12 +107,9 @@ def make_scenes(indices, resolution: int, *, seed: int = 0, difficulty: float = 
     return {"image": tf.clip_by_value(image, -1.0, 1.0), "mask": mask}
 
 
-def _check_scene_args(resolution, difficulty, edges=0):
-    if (isinstance(resolution, bool) or not isinstance(resolution, int)
-            or not 8 <= resolution <= 256 or resolution & (resolution - 1)):
-        raise ValueError(
-            f"resolution must be a power of two between 8 and 256 (8, 16, 32, 64, 128 or 256), "
-            f"got {resolution!r}.")
+def _check_scene_args(resolution, difficulty, edges):
+    if not is_resolution(resolution):
+        raise ValueError(f"resolution must be {RESOLUTION_RULE} (8, 16, 32, 64, 128 or 256), got {resolution!r}.")
     if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)) or not 0.0 <= difficulty <= 1.0:
         raise ValueError(f"difficulty must be a number in [0, 1] (0 = easiest), got {difficulty!r}.")
     if isinstance(edges, bool) or not isinstance(edges, int) or not 0 <= edges <= _MAX_EDGES:

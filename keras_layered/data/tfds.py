@@ -17,6 +17,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from keras_layered.config import DataConfig
 from keras_layered.data.geometry import check_crop_scale, crop_and_flip, shorter_side_size, to_floats
 from keras_layered.data.registry import check_dataset_name
 from keras_layered.errors import ConfigError
@@ -72,7 +73,8 @@ def _builder(name, data_dir):
     return tfds.builder(name, data_dir=str(Path(data_dir).expanduser()) if data_dir else None)
 
 
-def load_split(name, split, *, data_dir="", manual_dir="", shuffle_files=False, seed=0, decoders=None):
+def load_split(name, split, *, data_dir=DataConfig.data_dir, manual_dir=DataConfig.manual_dir, shuffle_files=False,
+               seed=DataConfig.seed, decoders=None):
     """The raw examples (dicts of decoded features) of `split` of the prepared dataset `name`.
 
     Reads from `data_dir`; if the dataset is not there, prepares it from `manual_dir` when given,
@@ -131,8 +133,9 @@ def _resize_to_shorter_side(entry, shorter, with_masks, decode_image=None):
 
 
 def tfds_dataset(name, resolution: int, batch_size: int, *, with_masks: bool = False, training: bool = True,
-                 flip: bool = True, crop_scale: float = 1.125, seed: int = 0, cache: bool = False,
-                 shuffle_buffer: int = 10000, data_dir: str = "", manual_dir: str = "", split: str | None = None,
+                 flip: bool = DataConfig.flip, crop_scale: float = DataConfig.crop_scale, seed: int = DataConfig.seed,
+                 cache: bool = DataConfig.cache, shuffle_buffer: int = DataConfig.shuffle_buffer,
+                 data_dir: str = DataConfig.data_dir, manual_dir: str = DataConfig.manual_dir, split: str | None = None,
                  start: int = 0) -> tf.data.Dataset:
     """Batches of tfds:`name`, like `folder.folder_dataset`: images (B, R, R, 3) float32 in [-1, 1],
     or {"image", "mask": (B, R, R, 1) of exact 0/1} when `with_masks`.

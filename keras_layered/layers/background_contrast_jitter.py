@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_layered import distribute
+from keras_layered.config import PerturbConfig
 
 
 @keras.saving.register_keras_serializable(package="keras_layered")
@@ -19,7 +20,7 @@ class BackgroundContrastJitter(keras.layers.Layer):
         seed: seed of the layer's own random generator.
     """
 
-    def __init__(self, strength=0.3, seed=None, **kwargs):
+    def __init__(self, strength=PerturbConfig.bg_contrast_jitter, seed=None, **kwargs):
         # Works in the background's own dtype: float32 stays float32 under a mixed policy.
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_layered import distribute
+from keras_layered.config import PerturbConfig
 
 
 @keras.saving.register_keras_serializable(package="keras_layered")
@@ -24,7 +25,7 @@ class BackgroundMixing(keras.layers.Layer):
         seed: seed of the layer's own random generator.
     """
 
-    def __init__(self, rate=1.0, seed=None, **kwargs):
+    def __init__(self, rate=PerturbConfig.background_mixing, seed=None, **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if not 0.0 <= rate <= 1.0:

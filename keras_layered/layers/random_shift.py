@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_layered import distribute
+from keras_layered.config import PerturbConfig
 
 
 def shift(x, offsets):
@@ -53,7 +54,7 @@ class RandomShift(keras.layers.Layer):
         training: whether the layer is in training mode.
     """
 
-    def __init__(self, max_shift=0.125, seed=None, **kwargs):
+    def __init__(self, max_shift=PerturbConfig.max_shift, seed=None, **kwargs):
         # Shifts tensors in their own dtype: float32 layers stay float32 under a mixed policy.
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)

@@ -3,6 +3,7 @@
 import keras
 from keras import layers
 
+from keras_layered.config import DataConfig, ModelConfig
 from keras_layered.models.widths import check_resolution, level_widths
 
 
@@ -20,7 +21,8 @@ class Discriminator(keras.Model):
     Call: images (B, H, W, 3) in [-1, 1] -> logits (B, 1).
     """
 
-    def __init__(self, resolution=32, base_width=256, min_width=32, spectral_norm=False, **kwargs):
+    def __init__(self, resolution=DataConfig.resolution, base_width=ModelConfig.d_base_width,
+                 min_width=ModelConfig.d_min_width, spectral_norm=ModelConfig.spectral_norm, **kwargs):
         super().__init__(**kwargs)
         check_resolution(resolution, "Discriminator")
         self.resolution = resolution

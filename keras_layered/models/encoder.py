@@ -3,6 +3,7 @@
 import keras
 from keras import layers
 
+from keras_layered.config import DataConfig, ModelConfig, SegmentConfig
 from keras_layered.models.widths import check_resolution, level_widths
 
 
@@ -23,7 +24,9 @@ class Encoder(keras.Model):
     Call: images (B, H, W, 3) in [-1, 1] -> latents (B, latent_dim).
     """
 
-    def __init__(self, resolution=32, latent_dim=64, base_width=256, min_width=32, hidden_dim=512, **kwargs):
+    def __init__(self, resolution=DataConfig.resolution, latent_dim=ModelConfig.latent_dim,
+                 base_width=SegmentConfig.encoder_base_width, min_width=SegmentConfig.encoder_min_width,
+                 hidden_dim=512, **kwargs):
         super().__init__(**kwargs)
         check_resolution(resolution, "Encoder")
         self.resolution = resolution

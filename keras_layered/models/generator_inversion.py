@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_layered.config import SegmentConfig
 from keras_layered.layers import composite
 from keras_layered.models.latent_refinement import refine_latents
 
@@ -22,7 +23,8 @@ class GeneratorInversion(keras.Model):
     reconstruction of the input and "mask" its segmentation.
     """
 
-    def __init__(self, encoder, generator, refine_steps=0, refine_learning_rate=0.02, **kwargs):
+    def __init__(self, encoder, generator, refine_steps=SegmentConfig.refine_steps,
+                 refine_learning_rate=SegmentConfig.refine_lr, **kwargs):
         super().__init__(**kwargs)
         if encoder.latent_dim != generator.latent_dim:
             raise ValueError(

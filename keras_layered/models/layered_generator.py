@@ -3,6 +3,7 @@
 import keras
 from keras import layers, ops
 
+from keras_layered.config import DataConfig, ModelConfig, choices
 from keras_layered.models.widths import check_resolution, level_widths
 
 
@@ -40,11 +41,12 @@ class LayeredGenerator(keras.Model):
     "foreground": (B, H, W, 3) in [-1, 1], "mask": (B, H, W, 1) in [0, 1]}.
     """
 
-    def __init__(self, resolution=32, latent_dim=64, base_width=256, min_width=32, norm="batch", **kwargs):
+    def __init__(self, resolution=DataConfig.resolution, latent_dim=ModelConfig.latent_dim,
+                 base_width=ModelConfig.base_width, min_width=ModelConfig.min_width, norm=ModelConfig.norm, **kwargs):
         super().__init__(**kwargs)
         check_resolution(resolution, "LayeredGenerator")
-        if norm not in ("batch", "none"):
-            raise ValueError(f"LayeredGenerator: norm must be 'batch' or 'none', got {norm!r}.")
+        if norm not in choices("model.norm"):
+            raise ValueError(f"LayeredGenerator: norm must be one of {', '.join(choices('model.norm'))}, got {norm!r}.")
         self.resolution = resolution
         self.latent_dim = latent_dim
         self.base_width = base_width

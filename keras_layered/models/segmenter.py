@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_layered.config import SegmentConfig
 from keras_layered.layers.largest_component import LargestComponent
 
 
@@ -76,7 +77,7 @@ class Segmenter(keras.Model):
     and a float image whose maximum exceeds 2 as [0, 255], per image (see `_rescale`).
     """
 
-    def __init__(self, network, resolution, largest_component=False, **kwargs):
+    def __init__(self, network, resolution, largest_component=SegmentConfig.largest_component, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.resolution = resolution

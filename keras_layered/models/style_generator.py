@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from keras_layered import distribute
+from keras_layered.config import DataConfig, ModelConfig
 from keras_layered.models.widths import check_resolution, level_widths
 
 _SLOPE = 0.2  # LeakyReLU slope used throughout StyleGAN.
@@ -244,13 +245,13 @@ class StyleLayeredGenerator(keras.Model):
 
     def __init__(
         self,
-        resolution=32,
-        latent_dim=64,
-        mapping_layers=8,
+        resolution=DataConfig.resolution,
+        latent_dim=ModelConfig.latent_dim,
+        mapping_layers=ModelConfig.mapping_layers,
         mapping_lr_multiplier=0.01,
-        base_width=256,
-        min_width=32,
-        style_mixing_prob=0.0,
+        base_width=ModelConfig.base_width,
+        min_width=ModelConfig.min_width,
+        style_mixing_prob=ModelConfig.style_mixing_prob,
         seed=None,
         **kwargs,
     ):

@@ -3,6 +3,7 @@
 import keras
 from keras import layers, ops
 
+from keras_layered.config import DataConfig, SegmentConfig
 from keras_layered.models.widths import check_resolution
 
 
@@ -32,7 +33,8 @@ class UNet(keras.Model):
     Call: images (B, H, W, 3) in [-1, 1] -> masks (B, H, W, 1) in [0, 1].
     """
 
-    def __init__(self, resolution=32, width=32, depth=3, **kwargs):
+    def __init__(self, resolution=DataConfig.resolution, width=SegmentConfig.unet_width,
+                 depth=SegmentConfig.unet_depth, **kwargs):
         super().__init__(**kwargs)
         check_resolution(resolution, "UNet")
         if not (isinstance(depth, int) and not isinstance(depth, bool) and 1 <= depth and resolution % 2**depth == 0):

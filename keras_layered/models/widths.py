@@ -1,10 +1,12 @@
 """Channel schedule shared by the generators and the discriminator."""
 
+from keras_layered.config import RESOLUTION_RULE, is_resolution
+
 
 def check_resolution(resolution, owner):
-    if not (isinstance(resolution, int) and 8 <= resolution <= 256 and resolution & (resolution - 1) == 0):
+    if not is_resolution(resolution):
         raise ValueError(
-            f"{owner}: resolution must be a power of two in [8, 256], got {resolution!r}; "
+            f"{owner}: resolution must be {RESOLUTION_RULE}, got {resolution!r}; "
             f"resize your images to e.g. 32, 64 or 128."
         )
 

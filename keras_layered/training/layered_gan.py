@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_layered import distribute, losses
+from keras_layered.config import LossConfig, PerturbConfig, TrainConfig
 from keras_layered.layers import BackgroundContrastJitter, BackgroundMixing, RandomShift, composite
 from keras_layered.training.ema import fixed_latents, recompute_batch_norm_statistics
 
@@ -51,23 +52,23 @@ class LayeredGAN(keras.Model):
         self,
         generator,
         discriminator,
-        adversarial_loss="nonsaturating",
-        r1_gamma=5.0,
-        gp_weight=10.0,
-        drift=0.001,
-        penalty_every=1,
-        min_mask_coverage=0.15,
-        mask_coverage_weight=2.0,
-        binarization_weight=0.5,
-        max_mask_coverage=1.0,
-        max_coverage_weight=0.0,
-        max_shift=0.125,
-        bg_contrast_jitter=0.0,
-        background_mixing=0.0,
-        ema_decay=0.999,
-        ema_bn_batches=16,
-        ema_bn_batch_size=64,
-        d_steps=1,
+        adversarial_loss=LossConfig.adversarial,
+        r1_gamma=LossConfig.r1_gamma,
+        gp_weight=LossConfig.gp_weight,
+        drift=LossConfig.drift,
+        penalty_every=LossConfig.penalty_every,
+        min_mask_coverage=LossConfig.min_mask_coverage,
+        mask_coverage_weight=LossConfig.mask_coverage_weight,
+        binarization_weight=LossConfig.binarization_weight,
+        max_mask_coverage=LossConfig.max_mask_coverage,
+        max_coverage_weight=LossConfig.max_coverage_weight,
+        max_shift=PerturbConfig.max_shift,
+        bg_contrast_jitter=PerturbConfig.bg_contrast_jitter,
+        background_mixing=PerturbConfig.background_mixing,
+        ema_decay=TrainConfig.ema_decay,
+        ema_bn_batches=TrainConfig.ema_bn_batches,
+        ema_bn_batch_size=TrainConfig.batch_size,
+        d_steps=TrainConfig.d_steps,
         seed=None,
         **kwargs,
     ):

@@ -6,11 +6,12 @@ import tensorflow as tf
 from keras import ops
 
 from keras_layered import distribute, losses
+from keras_layered.config import PerturbConfig, SegmentConfig
 from keras_layered.layers import RandomShift, composite
 from keras_layered.models.generator_inversion import GeneratorInversion
 
 
-def distillation_target(mask, foreground, background, visible_threshold=0.0):
+def distillation_target(mask, foreground, background, visible_threshold=SegmentConfig.visible_threshold):
     """The U-Net's target on a generated composite: 1 where the mask is above 0.5 and, with a
     `visible_threshold` > 0, the foreground differs from the background it covers by more than
     that (largest channel difference, images in [-1, 1]), else 0.
@@ -56,9 +57,11 @@ class SegmentationTrainer(keras.Model):
         seed: seed of z sampling and the shift.
     """
 
-    def __init__(self, generator, encoder=None, unet=None, latent_weight=1.0, mask_weight=1.0,
-                 reconstruction_weight=1.0, feature_extractor=None, perceptual_weight=0.0, max_shift=0.125,
-                 visible_threshold=0.0, shifted_fraction=0.0, seed=None, **kwargs):
+    def __init__(self, generator, encoder=None, unet=None, latent_weight=SegmentConfig.latent_weight,
+                 mask_weight=SegmentConfig.mask_weight, reconstruction_weight=SegmentConfig.reconstruction_weight,
+                 feature_extractor=None, perceptual_weight=SegmentConfig.perceptual_weight,
+                 max_shift=PerturbConfig.max_shift, visible_threshold=SegmentConfig.visible_threshold,
+                 shifted_fraction=SegmentConfig.shifted_fraction, seed=None, **kwargs):
         super().__init__(**kwargs)
         if encoder is None and unet is None:
             raise ValueError("SegmentationTrainer: give an encoder, a unet or both.")
@@ -68,7 +71,8 @@ class SegmentationTrainer(keras.Model):
         self.generator = generator
         self.generator.trainable = False
         self.encoder = encoder
-        self.inversion = GeneratorInversion(encoder, generator) if encoder is not None else None
+        # Trains the encoder's own latent: refinement is for serving.
+        self.inversion = GeneratorInversion(encoder, generator, refine_steps=0) if encoder is not None else None
         self.unet = unet
         self.latent_dim = generator.latent_dim
         self.latent_weight = latent_weight
