@@ -29,7 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import summary_rows  # noqa: E402
 
-from keras_layered.config import load_config  # noqa: E402
+from keras_layered.config import ConfigError, load_config  # noqa: E402
+from keras_layered.recipes import resolve_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"encoder": "encoder path", "distilled": "distilled"}
@@ -108,7 +109,8 @@ def parse_variant(text):
               help="Photo benchmark root (train/, validation/, test/); written first if DATA/train is missing.")
 @click.option("--split", type=click.Choice(["validation", "test"]), default="test", show_default=True,
               help="Split scored: validation for choices, test for the reported numbers only.")
-@click.option("--config", "config_path", default=str(ROOT / "configs" / "photos.yaml"), show_default=True)
+@click.option("--config", "config_path", default="photos", show_default=True,
+              help="A shipped recipe's name or a YAML config file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override for every run.")
 @click.option("--variant", "variants", multiple=True, metavar="NAME:KEY=VALUE[;...]",
               help="A variant with its own overrides (repeatable) [default: the config as it is, 'recipe'].")
@@ -120,6 +122,10 @@ def parse_variant(text):
 def main(data, split, config_path, overrides, variants, seeds, ablation, out_dir):
     from keras_layered import distribute
 
+    try:
+        config_path = resolve_config(config_path)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="--config") from err
     data, out_dir = Path(data), Path(out_dir)
     cfg = load_config(config_path, [*overrides, f"data.source=folder:{data / split}"])
     if not (data / "train").is_dir():

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import click
 
-from keras_layered.config import load_config
+from keras_layered.config import ConfigError, load_config
+from keras_layered.recipes import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,8 @@ def summary_rows(rows):
 
 
 @click.command()
-@click.option("--config", "config_path", default=str(ROOT / "configs" / "synthetic.yaml"), show_default=True)
+@click.option("--config", "config_path", default="synthetic", show_default=True,
+              help="A shipped recipe's name or a YAML config file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated train.seed values.")
 @click.option("--ablation/--no-ablation", default=True, show_default=True,
@@ -56,6 +58,10 @@ def summary_rows(rows):
 @click.option("--out-dir", default=str(ROOT / "bench" / "results" / "quality"), show_default=True,
               type=click.Path(file_okay=False), help="Run directories and quality.json go here.")
 def main(config_path, overrides, seeds, ablation, out_dir):
+    try:
+        config_path = resolve_config(config_path)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="--config") from err
     out_dir = Path(out_dir)
     variants = [("shift", ())] + ([("no-shift", ("perturb.max_shift=0",))] if ablation else [])
     rows = []

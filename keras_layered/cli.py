@@ -19,21 +19,23 @@ import yaml
 from keras_layered import kernels
 from keras_layered.config import choices, load_config
 from keras_layered.errors import ConfigError
+from keras_layered.recipes import data_source, default_recipe, recipe, recipe_names, resolve_config
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+DEFAULT_CONFIG = recipe("synthetic")  # the built-in scenes' recipe (keras_layered/recipes.py finds it)
 
 
 @click.group(
     epilog="""\b
-Examples:
-  python cli.py train                                   # built-in scenes, configs/synthetic.yaml
-  python cli.py train --set train.steps=500 --out runs/quick
-  python cli.py train --config my.yaml --set perturb.max_shift=0 --dry-run
-  python cli.py evaluate --model runs/synthetic         # mean IoU on held-out scenes
-  python cli.py segment --model runs/synthetic photos/ --out masks/
-  python cli.py export --run runs/synthetic --out exported/ --onnx
-  python cli.py train --config configs/cub_64.yaml --data folder:data/CUB_200_2011
-  python cli.py fid --run runs/CUB_200_2011             # FID of the generator vs its data"""
+Examples (in a source checkout, `python cli.py` runs the same commands):
+  keras-layered train                                   # built-in scenes, the synthetic recipe
+  keras-layered train --set train.steps=500 --out runs/quick
+  keras-layered train --config my.yaml --set perturb.max_shift=0 --dry-run
+  keras-layered evaluate --model runs/synthetic         # mean IoU on held-out scenes
+  keras-layered segment --model runs/synthetic photos/ --out masks/
+  keras-layered export --run runs/synthetic --out exported/ --onnx
+  keras-layered train --data folder:my_photos           # photographs: the photo recipe
+  keras-layered train --config cub_64 --data folder:data/CUB_200_2011
+  keras-layered fid --run runs/CUB_200_2011             # FID of the generator vs its data"""
 )
 def main():
     """Unsupervised object segmentation with perturbed layered GANs (Bielski & Favaro, 2019)."""
@@ -61,8 +63,9 @@ export), segmenter_encoder.keras, segmenter_distilled.keras and evaluation.json 
 the data's ground-truth masks: held-out scenes, a dataset's test split, a folder's masks).
 Running again on the same --out resumes each stage where it stopped."""
 )
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help=f"YAML config file [default: OUT/config.yaml when resuming, else {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])}].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="NAME|FILE",
+              help=f"A shipped recipe ({', '.join(recipe_names())}) or a YAML config file [default: "
+                   f"OUT/config.yaml when resuming, else synthetic, or photos with --data folder:PATH or tfds:NAME].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.steps=500 (repeatable).")
 @click.option("--data", "data_spec", metavar="SPEC",
@@ -86,11 +89,13 @@ def train(config_path, overrides, data_spec, run_dir, stage, strategy, dry_run):
     if data_spec is not None:  # JSON-quoted: a valid YAML string whatever the path holds
         overrides = (*overrides, f"data.source={json.dumps(data_spec)}")
     try:
+        if config_path is not None:
+            config_path = resolve_config(config_path)
         if run_dir is None:  # named after the data, so runs on different data never resume each other
             run_dir = _default_run_dir(config_path, overrides)
         if config_path is None:  # a run continues with its own config
             saved = Path(run_dir) / "config.yaml"
-            config_path = saved if saved.is_file() else DEFAULT_CONFIG
+            config_path = saved if saved.is_file() else _starting_recipe(overrides)
         cfg = load_config(config_path, overrides)
     except ConfigError as err:
         raise click.UsageError(str(err)) from err
@@ -109,9 +114,9 @@ def train(config_path, overrides, data_spec, run_dir, stage, strategy, dry_run):
     from keras_layered.training import run
     from keras_layered.training.callbacks import NonFiniteLossError, TrainingInterrupted
 
-    if cfg.data.source != "synthetic" and Path(config_path) == DEFAULT_CONFIG:
-        click.echo(f"note: {DEFAULT_CONFIG.name} is tuned for the built-in scenes (32 px, their mask coverage); "
-                   f"for photos start from configs/cub_64.yaml (--config)", err=True)
+    if cfg.data.source != "synthetic" and Path(config_path).resolve() == DEFAULT_CONFIG:
+        click.echo(f"note: {DEFAULT_CONFIG.name} is tuned for the built-in scenes; for photographs start from "
+                   f"the photo recipe (--config photos)", err=True)
     try:
         results = run.train(cfg, run_dir, stage=stage)
     except ConfigError as err:
@@ -126,11 +131,20 @@ def train(config_path, overrides, data_spec, run_dir, stage, strategy, dry_run):
     click.echo(f"done: {run_dir}")
 
 
+def _starting_recipe(overrides):
+    """The recipe a new run starts from without --config; said on stderr when it is the photo recipe."""
+    source = data_source(overrides)
+    path = default_recipe(source)
+    if path != DEFAULT_CONFIG:
+        click.echo(f"using the photo recipe {path.name} for {source} (pass --config to choose another)", err=True)
+    return path
+
+
 def _default_run_dir(config_path, overrides):
     """runs/<short name of the data source> of the config that `train` will load."""
     from keras_layered.data.spec import parse_data_spec
 
-    cfg = load_config(config_path or DEFAULT_CONFIG, overrides)
+    cfg = load_config(config_path or default_recipe(data_source(overrides)), overrides)
     return str(Path("runs") / parse_data_spec(cfg.data.source).short_name)
 
 
@@ -152,7 +166,7 @@ def _segmenter_path(model):
     if not path.is_file():
         raise click.BadParameter(
             f"no segmenter at {path}: give a segmenter .keras file or a run directory that finished "
-            f"`python cli.py train` (it writes segmenter.keras)", param_hint="--model")
+            f"`keras-layered train` (it writes segmenter.keras)", param_hint="--model")
     return path
 
 
@@ -267,7 +281,7 @@ generator.keras for keras.saving.load_model (after `import keras_layered`). --on
 segmenter.onnx and segmenter_uint8.onnx for onnxruntime (needs pip install -e ".[onnx]"; not for
 an encoder segmenter that refines latents).""")
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A run directory that finished `python cli.py train`.")
+              help="A run directory that finished `keras-layered train`.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Export directory.")
 @click.option("--method", type=click.Choice(["served", *choices("segment.serve")]), default="served",
               show_default=True, help="Which segmenter: the run's segment.serve one, or a named one.")

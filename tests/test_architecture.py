@@ -26,7 +26,7 @@ PACKAGE = ROOT / "keras_layered"
 # losses: the training run scores its segmenters with it.
 LAYERS = [
     ("errors",),
-    ("config", "kernels", "distribute", "io", "data.spec", "data.registry"),
+    ("config", "kernels", "distribute", "io", "recipes", "data.spec", "data.registry"),
     ("data",),
     ("layers",),
     ("losses", "evaluation"),
@@ -36,7 +36,7 @@ LAYERS = [
     ("cli",),
 ]
 # Free of TensorFlow, Keras and TFDS when imported (their module-level imports, transitively).
-LIGHT = ("errors", "config", "kernels", "io", "data.spec", "data.registry")
+LIGHT = ("errors", "config", "kernels", "io", "recipes", "data.spec", "data.registry")
 HEAVY = ("tensorflow", "keras", "tensorflow_datasets")
 # What the library's lower parts must never reach up to.
 LIBRARY = ("data", "layers", "models", "training", "losses", "evaluation", "export")

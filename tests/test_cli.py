@@ -25,8 +25,8 @@ def test_group_help_shows_commands_and_examples():
     assert result.exit_code == 0, result.output
     assert "Bielski" in result.output
     assert "train" in result.output
-    assert "Examples:" in result.output
-    assert "python cli.py train --set train.steps=500 --out runs/quick" in result.output
+    assert "keras-layered train --set train.steps=500 --out runs/quick" in result.output
+    assert "Examples (in a source checkout, `python cli.py` runs the same commands):" in result.output
 
 
 def test_train_help_shows_options_and_outputs():
@@ -34,7 +34,9 @@ def test_train_help_shows_options_and_outputs():
     assert result.exit_code == 0, result.output
     for option in ("--config", "--set", "--out", "--dry-run", "KEY=VALUE"):
         assert option in result.output, option
-    assert "synthetic.yaml" in result.output  # the default config is shown
+    help_text = " ".join(result.output.split())
+    assert "else synthetic, or photos with --data folder:PATH or tfds:NAME" in help_text  # the default recipes
+    assert "lsun_car_64, photos, synthetic) or a YAML config file" in help_text  # the shipped ones by name
     for written in ("config.yaml", "checkpoints/", "samples/step_NNNNNN.png", "generator.keras"):
         assert written in result.output, written
 

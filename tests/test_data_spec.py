@@ -230,7 +230,8 @@ def test_train_data_option_sets_the_source_and_names_the_run(tmp_path, monkeypat
     Image.new("RGB", (8, 8)).save(tmp_path / "data/CUB_200_2011/images/001/a.png")
     result = invoke("train", "--data", "folder:data/CUB_200_2011", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert yaml.safe_load(result.output)["data"]["source"] == "folder:data/CUB_200_2011"
+    assert "using the photo recipe photos.yaml for folder:data/CUB_200_2011" in result.stderr
+    assert yaml.safe_load(result.stdout)["data"]["source"] == "folder:data/CUB_200_2011"
     assert cli._default_run_dir(None, ["data.source=tfds:lsun/car"]) == "runs/lsun_car"
     assert cli._default_run_dir(None, []) == "runs/synthetic"
 
