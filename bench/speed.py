@@ -39,9 +39,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import click
 
 from keras_layered.config import load_config
+from keras_layered.errors import ConfigError
+from keras_layered.recipes import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "configs" / "synthetic.yaml"
 DEFAULT_OUT = ROOT / "bench" / "results" / "speed.json"
 
 # NVIDIA datasheets, dense GFLOP/s: (FP32, FP16/BF16 tensor cores).
@@ -253,7 +254,8 @@ def table(results, peak):
 
 
 @click.command()
-@click.option("--config", "config_path", default=str(DEFAULT_CONFIG), show_default=True)
+@click.option("--config", "config_path", default="synthetic", show_default=True,
+              help="A shipped recipe's name or a YAML config file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
 @click.option("--resolutions", default="32,64,128", show_default=True)
 @click.option("--seconds", default=10.0, show_default=True, help="Timed seconds per measurement (about).")
@@ -262,6 +264,10 @@ def table(results, peak):
 @click.option("--out", "out_path", default=str(DEFAULT_OUT), show_default=True, help="JSON results.")
 def main(config_path, overrides, resolutions, seconds, infer_batch, peak_gflops, out_path):
     """Images/s of training and of segmentation inference, FLOPs and share of the machine's peak."""
+    try:
+        config_path = resolve_config(config_path)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="--config") from err
     import logging
     import warnings
 

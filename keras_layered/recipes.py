@@ -9,7 +9,8 @@ a package, and another checkout's editable install would otherwise lend its reci
 
 from pathlib import Path
 
-from keras_layered.config import ConfigError, parse_override
+from keras_layered.config import parse_override
+from keras_layered.errors import ConfigError
 
 _PACKAGE = Path(__file__).resolve().parent
 

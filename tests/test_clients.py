@@ -152,7 +152,7 @@ def test_saved_model_cli_run_gives_the_masks_of_predict(exported, segmenter, tmp
 
 
 def test_grpc_predict_request_gives_the_masks_of_predict(served, segmenter):
-    """The README's gRPC request, serialized and handled as the server does (TensorProto in and out)."""
+    """The gRPC request of docs/serving.md, serialized and handled as the server does (TensorProto in and out)."""
     predict_pb2 = pytest.importorskip("tensorflow_serving.apis.predict_pb2")
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "segmenter"

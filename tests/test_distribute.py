@@ -186,7 +186,7 @@ def test_mirrored_style_generator_matches_one_device(tmp_path):
 
 @pytest.mark.slow
 def test_mirrored_shifted_fraction_shifts_each_replicas_last_rows(tmp_path):
-    """segment.shifted_fraction > 0 under MirroredStrategy, the README's one exception to the test
+    """segment.shifted_fraction > 0 under MirroredStrategy, docs/distributed.md's one exception to the test
     above: each replica shifts the last row of its 2 (one device: the last 2 of 4). The GAN stage
     still matches one device; the segmentation stage runs on 2 replicas with finite losses and
     weights, and its encoder departs from one device's (other images shifted). Which rows each
