@@ -200,6 +200,32 @@ def test_the_command_line_starts_without_tensorflow(args, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+BLOCK_TENSORFLOW = """
+    import sys
+
+    class NoTensorFlow:  # as on a machine where TensorFlow and Keras are not installed
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] in ("tensorflow", "keras", "tensorflow_datasets"):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+
+    sys.meta_path.insert(0, NoTensorFlow())
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["segment", "--help"]])
+def test_the_help_needs_no_tensorflow_installed(args):
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(BLOCK_TENSORFLOW) + textwrap.dedent(CLI), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Usage: cli.py" in done.stdout
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"code": 0, "loaded": []}
+    # The blocker is real: importing TensorFlow behind it fails.
+    blocked = subprocess.run([sys.executable, "-c", textwrap.dedent(BLOCK_TENSORFLOW) + "import tensorflow"],
+                             capture_output=True, text=True, timeout=120)
+    assert blocked.returncode != 0 and "No module named 'tensorflow'" in blocked.stderr
+
+
 def test_a_dry_run_on_an_image_folder_needs_no_tensorflow(tmp_path):
     (tmp_path / "images").mkdir()
     for i in range(2):
