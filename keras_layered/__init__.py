@@ -7,6 +7,7 @@ this package, so `keras.saving.load_model` opens saved models after `import kera
 """
 
 import importlib
+import importlib.util
 import sys
 
 # oneDNN on where it is faster (AVX2 + FMA CPUs), before TensorFlow loads: TensorFlow reads the
@@ -17,13 +18,9 @@ kernels.configure_onednn("auto")
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cli", "config", "data", "distribute", "errors", "evaluation", "export", "fid", "io", "kernels",
-               "layers", "losses", "models", "segment", "training")
-
-
 def __getattr__(name):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # a submodule, loaded on first access
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

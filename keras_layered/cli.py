@@ -20,6 +20,7 @@ from keras_layered import kernels
 from keras_layered.config import choices, load_config
 from keras_layered.errors import ConfigError
 from keras_layered.recipes import data_source, default_recipe, recipe, recipe_names, resolve_config
+from keras_layered.training.checks import STAGE_ALIASES, STAGES
 
 DEFAULT_CONFIG = recipe("synthetic")  # the built-in scenes' recipe (keras_layered/recipes.py finds it)
 
@@ -44,13 +45,13 @@ def main():
 
 
 class _StageChoice(click.Choice):
-    """--stage's choices, which also takes `encoder`, the segmentation stage's old name, unlisted."""
+    """--stage's choices (`STAGES`), which also takes the old names of `STAGE_ALIASES`, unlisted."""
 
     def __init__(self):
-        super().__init__(["gan", "segmenter", "all"])
+        super().__init__(STAGES)
 
     def convert(self, value, param, ctx):
-        return super().convert("segmenter" if value == "encoder" else value, param, ctx)
+        return super().convert(STAGE_ALIASES.get(value, value), param, ctx)
 
 
 @main.command(
