@@ -299,7 +299,8 @@ def main(config_path, overrides, resolutions, seconds, infer_batch, peak_gflops,
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "results": results,
     }
-    print(f"\n{info['device']}; {kernels.describe(info['kernels'])}; peak {info['peak_gflops'] or '?'} GFLOP/s "
+    peak = f"{info['peak_gflops']:.0f}" if info["peak_gflops"] else "?"
+    print(f"\n{info['device']}; {kernels.describe(info['kernels'])}; peak {peak} GFLOP/s "
           f"({info['peak_estimate']}); mixed_precision={precision}, jit_compile={base.train.jit_compile}; "
           f"load average {report['load_average_before_after'][0]} -> {report['load_average_before_after'][1]}")
     print(table(results, info["peak_gflops"]))

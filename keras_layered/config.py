@@ -104,6 +104,7 @@ class ModelConfig:
     d_base_width: int = 128  # discriminator channels at its coarsest level
     d_min_width: int = 32  # discriminator channels at full resolution
     spectral_norm: bool = False  # spectral normalisation in the discriminator
+    d_equalized_lr: bool = False  # equalized learning rate in the discriminator (ProGAN / StyleGAN's, the paper's)
     mapping_layers: int = 8  # style generator only
     style_mixing_prob: float = bounded(0.0, ge=0, le=1)  # style generator only
 
@@ -232,6 +233,8 @@ def _check_rules(cfg):
         ("model.min_width", 1 <= cfg.model.min_width <= cfg.model.base_width, "in [1, model.base_width]"),
         ("model.d_min_width", 1 <= cfg.model.d_min_width <= cfg.model.d_base_width,
          "in [1, model.d_base_width]"),
+        ("model.d_equalized_lr", not (cfg.model.d_equalized_lr and cfg.model.spectral_norm),
+         "false with model.spectral_norm=true (choose one way to scale the discriminator's weights)"),
         ("loss.penalty_every", cfg.loss.adversarial != "wgan_gp" or cfg.loss.penalty_every == 1,
          "1 with loss.adversarial=wgan_gp (its gradient penalty belongs to every critic step; lazy "
          "regularisation is for R1, loss.adversarial=nonsaturating)"),

@@ -93,7 +93,7 @@ def test_train_on_a_folder_starts_from_the_photo_recipe(tmp_path):
 
 
 @pytest.mark.parametrize("config, mixing, steps, resolution", [
-    ("synthetic", 0.0, 4000, 32), ("cub_64.yaml", 0.0, 100000, 64), ("photos", 1.0, 2000, 32)])
+    ("synthetic", 0.0, 4000, 32), ("cub_64.yaml", 1.0, 100000, 64), ("photos", 1.0, 2000, 32)])
 def test_a_named_recipe_overrides_the_photo_default(tmp_path, config, mixing, steps, resolution):
     photos = photo_folder(tmp_path / "my_photos")
     result = invoke("train", "--dry-run", "--config", config, "--data", f"folder:{photos}", "--out", tmp_path / "run")

@@ -104,6 +104,28 @@ def test_keras_save_load_round_trip(tmp_path):
     _assert_outputs_close(model(z), loaded(z))
 
 
+def test_saved_weight_paths_stay_those_of_earlier_files(tmp_path):
+    # A .keras file finds each weight by a path made of layer class names: files saved before the
+    # equalized layers moved to keras_layered.layers still load only if these paths stay the same.
+    import io
+    import zipfile
+
+    import h5py
+
+    path = tmp_path / "style_generator.keras"
+    model = _tiny(resolution=16)
+    model(_z(1))
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+        groups = []
+        weights.visit(groups.append)
+    for expected in ["background_mapping/dense_layers/__equalized_dense/vars",
+                     "layers/__synthesis_network_1/convs/__equalized_conv2d_4/vars",
+                     "background_synthesis/styles/__noise_ada_in/style/vars"]:
+        assert expected in groups, expected
+
+
 def test_style_mixing_changes_training_outputs_only():
     z = _z(4)
     model = _tiny(resolution=16, style_mixing_prob=1.0)  # noise strengths start at zero

@@ -1,7 +1,11 @@
 from keras_layered.layers.background_contrast_jitter import BackgroundContrastJitter
 from keras_layered.layers.background_mixing import BackgroundMixing
 from keras_layered.layers.composite import composite
+from keras_layered.layers.equalized import EqualizedConv2D, EqualizedDense
 from keras_layered.layers.largest_component import LargestComponent
 from keras_layered.layers.random_shift import RandomShift, shift
 
-__all__ = ["BackgroundContrastJitter", "BackgroundMixing", "LargestComponent", "RandomShift", "composite", "shift"]
+__all__ = [
+    "BackgroundContrastJitter", "BackgroundMixing", "EqualizedConv2D", "EqualizedDense", "LargestComponent", "RandomShift",
+    "composite", "shift",
+]

@@ -9,14 +9,13 @@ first half of every row of `ws` in the background branch and the second half in 
 branch, so an encoder can invert into w (or w+) without knowing about the split.
 """
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
 from keras_layered import distribute
 from keras_layered.config import DataConfig, ModelConfig
+from keras_layered.layers.equalized import EqualizedConv2D, EqualizedDense
 from keras_layered.models.widths import check_resolution, level_widths
 
 _SLOPE = 0.2  # LeakyReLU slope used throughout StyleGAN.
@@ -35,64 +34,13 @@ def _blur(x):
     return ops.depthwise_conv(x, ops.cast(kernel, x.dtype), padding="same", data_format="channels_last")
 
 
-class _EqualizedDense(keras.layers.Layer):
-    """Dense layer with equalized learning rate.
-
-    The stored kernel is N(0, 1 / lr_multiplier) and is scaled at runtime by
-    lr_multiplier * sqrt(2 / fan_in), so Adam steps act lr_multiplier times more slowly on
-    the effective weights while their initial scale is He-normal.
-    """
-
-    def __init__(self, units, lr_multiplier=1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-        self.lr_multiplier = lr_multiplier
-
-    def build(self, input_shape):
-        fan_in = input_shape[-1]
-        self.kernel_scale = self.lr_multiplier * math.sqrt(2.0 / fan_in)
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(fan_in, self.units),
-            initializer=keras.initializers.RandomNormal(stddev=1.0 / self.lr_multiplier),
-        )
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
-
-    def call(self, x):
-        return ops.matmul(x, self.kernel * self.kernel_scale) + self.bias * self.lr_multiplier
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(units=self.units, lr_multiplier=self.lr_multiplier)
-        return config
+# Saved generators name their weights after these layers' class names: the private names stay.
+class _EqualizedDense(EqualizedDense):
+    pass
 
 
-class _EqualizedConv2D(keras.layers.Layer):
-    """Stride-1 "same" convolution with equalized learning rate (kernel N(0, 1) * He)."""
-
-    def __init__(self, filters, kernel_size=3, **kwargs):
-        super().__init__(**kwargs)
-        self.filters = filters
-        self.kernel_size = kernel_size
-
-    def build(self, input_shape):
-        in_channels = input_shape[-1]
-        self.kernel_scale = math.sqrt(2.0 / (self.kernel_size**2 * in_channels))
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.kernel_size, self.kernel_size, in_channels, self.filters),
-            initializer=keras.initializers.RandomNormal(stddev=1.0),
-        )
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
-
-    def call(self, x):
-        x = ops.conv(x, self.kernel * self.kernel_scale, padding="same", data_format="channels_last")
-        return x + self.bias
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(filters=self.filters, kernel_size=self.kernel_size)
-        return config
+class _EqualizedConv2D(EqualizedConv2D):
+    pass
 
 
 class _NoiseAdaIN(keras.layers.Layer):

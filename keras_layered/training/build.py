@@ -42,6 +42,7 @@ def build_discriminator(cfg):
         base_width=m.d_base_width,
         min_width=m.d_min_width,
         spectral_norm=m.spectral_norm,
+        equalized_lr=m.d_equalized_lr,
     )
 
 

@@ -29,13 +29,15 @@ def epoch_plan(steps, steps_per_epoch, section="train"):
 
 # What a stage's checkpoint holds or continues, so a resumed stage cannot change it.
 _SHAPES = "it changes the shapes of the networks in the checkpoint"
+_SCALE = "it changes the scale the checkpoint's discriminator weights are stored at"
 _DATA = "it changes the training images the checkpoint's step continues from"
 _GAN_STATE = {
     "data.source": _DATA, "data.resolution": _SHAPES, "data.difficulty": _DATA, "data.edges": _DATA,
     "data.seed": _DATA, "data.crop_scale": _DATA, "data.flip": _DATA, "data.shuffle_buffer": _DATA,
     "model.generator": _SHAPES, "model.latent_dim": _SHAPES, "model.base_width": _SHAPES,
     "model.min_width": _SHAPES, "model.norm": _SHAPES, "model.d_base_width": _SHAPES,
-    "model.d_min_width": _SHAPES, "model.spectral_norm": _SHAPES, "model.mapping_layers": _SHAPES,
+    "model.d_min_width": _SHAPES, "model.spectral_norm": _SHAPES, "model.d_equalized_lr": _SCALE,
+    "model.mapping_layers": _SHAPES,
     "train.batch_size": _DATA,  # the data continue at step x batch size
     "train.seed": "the checkpoint holds the random-generator states it seeded",
     "distribute.mixed_precision": "the checkpoint holds the state of one precision (float16: loss scaling)",
