@@ -180,7 +180,7 @@ def test_mirrored_style_generator_matches_one_device(tmp_path):
         assert_same_logs(single[stage], mirrored[stage], stage)
     names = [k.split("/", 1)[1] for k in arrays.files if k.startswith("default/")]
     for name in names:
-        np.testing.assert_allclose(arrays[f"mirrored/{name}"], arrays[f"default/{name}"], rtol=1e-5, atol=1e-6,
+        np.testing.assert_allclose(arrays[f"mirrored/{name}"], arrays[f"default/{name}"], rtol=1e-5, atol=5e-5,
                                    err_msg=name)
 
 
