@@ -101,6 +101,8 @@ class ModelConfig:
     base_width: int = 128  # channels at 4x4, halved at every doubling of resolution ...
     min_width: int = 32  # ... but never fewer than this
     norm: str = choice("batch", "none")  # dcgan generator normalisation: "batch" or "none"
+    # dcgan generator x2 upsampling: "nearest" + 3x3 conv, or a 4x4 stride-2 "transposed" conv (fewer FLOPs)
+    upsampling: str = choice("nearest", "transposed")
     d_base_width: int = 128  # discriminator channels at its coarsest level
     d_min_width: int = 32  # discriminator channels at full resolution
     spectral_norm: bool = False  # spectral normalisation in the discriminator

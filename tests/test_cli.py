@@ -209,6 +209,9 @@ def test_check_train_fixes_each_stage_state_once_the_stage_has_a_checkpoint(tmp_
     assert resumed.distribute.mixed_precision == "mixed_bfloat16"  # "auto" keeps the run's precision
     with pytest.raises(ConfigError, match="distribute.mixed_precision cannot change"):
         check_train(load_config(overrides=tiny + ["distribute.mixed_precision=none"]), tmp_path)
+    other = {"nearest": "transposed", "transposed": "nearest"}[saved.model.upsampling]
+    with pytest.raises(ConfigError, match="model.upsampling cannot change when .* resumes: it changes the shapes"):
+        check_train(load_config(overrides=tiny + [f"model.upsampling={other}"]), tmp_path)
     (tmp_path / "checkpoints" / "segmentation" / "checkpoint").write_text("")
     with pytest.raises(ConfigError, match="segment.unet_width cannot change"):
         check_train(harmless, tmp_path)

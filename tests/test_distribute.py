@@ -29,6 +29,10 @@ TINY = {
                 "unet_depth": 2},
 }
 
+# A GAN stage of 2 steps (TINY keeps the recipe's 4000): for tests of what a run records.
+SHORT_RUN = {**TINY["train"], "steps": 2, "steps_per_epoch": 2, "sample_every": 2, "checkpoint_every": 2,
+             "ema_bn_batches": 1}
+
 
 def tiny_config(**sections):
     """TINY with some sections' keys overridden, e.g. tiny_config(loss={"adversarial": "wgan_gp"})."""
@@ -274,7 +278,7 @@ def test_a_run_records_the_precision_auto_chose(monkeypatch, tmp_path):
     from keras_layered.training import run
 
     monkeypatch.setattr(distribute, "_fastest_precision", lambda: "mixed_bfloat16")
-    run.train(tiny_config(distribute={"mixed_precision": "auto"}), tmp_path, stage="gan", verbose=0)
+    run.train(tiny_config(train=SHORT_RUN, distribute={"mixed_precision": "auto"}), tmp_path, stage="gan", verbose=0)
     assert load_config(tmp_path / "config.yaml").distribute.mixed_precision == "mixed_bfloat16"
     assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"  # what the run trained in
 

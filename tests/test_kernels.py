@@ -103,11 +103,11 @@ def test_import_turns_onednn_on_before_tensorflow_loads_unless_the_user_chose():
 
 
 def test_a_run_records_its_kernels(tmp_path):
-    from test_distribute import tiny_config
+    from test_distribute import SHORT_RUN, tiny_config
 
     from keras_layered.training import run
 
-    run.train(tiny_config(), tmp_path, stage="gan", verbose=0)
+    run.train(tiny_config(train=SHORT_RUN), tmp_path, stage="gan", verbose=0)
     text = (tmp_path / "config.yaml").read_text()
     state = kernels.kernel_state()
     assert load_config(tmp_path / "config.yaml").distribute.onednn is (state["onednn"] == "on")

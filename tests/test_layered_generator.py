@@ -94,8 +94,44 @@ def test_bad_norm_raises():
     assert "'layer'" in str(info.value)
 
 
+def test_transposed_upsampling_is_a_4x4_stride_2_transposed_conv_per_level():
+    gen = LayeredGenerator(resolution=16, latent_dim=LATENT, base_width=32, min_width=8, upsampling="transposed")
+    out = gen(latents(3, scale=10.0), training=True)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "background": (3, 16, 16, 3), "foreground": (3, 16, 16, 3), "mask": (3, 16, 16, 1)}
+    assert not any(isinstance(layer, keras.layers.UpSampling2D) for layer in _all_layers(gen))
+    for branch in ("background", "object"):
+        for name, kernel in (("conv0", (4, 4, 16, 32)), ("conv1", (4, 4, 8, 16))):  # (k, k, out, in)
+            conv = branch_layer(gen, branch, name)
+            assert isinstance(conv, keras.layers.Conv2DTranspose) and conv.strides == (2, 2), name
+            assert tuple(conv.kernel.shape) == kernel and not conv.use_bias, name
+    # What the layer computes: an impulse at input pixel (1, 1) lands on output pixels 2*1 + (-1..2)
+    # (the 4x4 footprint, centred by "same" padding), nowhere else.
+    conv = branch_layer(gen, "object", "conv1")
+    impulse = np.zeros((1, 8, 8, 16), "float32")
+    impulse[0, 1, 1, 0] = 1.0
+    response = np.abs(keras.ops.convert_to_numpy(conv(impulse))).sum(axis=-1)[0]
+    rows, cols = np.nonzero(response)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (1, 4, 1, 4)
+
+
+def test_nearest_upsampling_is_the_default_and_what_a_config_without_the_key_builds():
+    assert LayeredGenerator(resolution=8, latent_dim=LATENT).upsampling == "nearest"
+    config = LayeredGenerator(resolution=16, latent_dim=LATENT, base_width=16, min_width=8).get_config()
+    del config["upsampling"]  # a generator saved before the choice existed
+    old = LayeredGenerator.from_config(config)
+    old(latents(1))
+    assert sum(isinstance(layer, keras.layers.UpSampling2D) for layer in _all_layers(old)) == 4
+    assert tuple(branch_layer(old, "object", "conv0").kernel.shape) == (3, 3, 16, 8)
+
+
+def test_bad_upsampling_raises():
+    with pytest.raises(ValueError, match="upsampling must be one of nearest, transposed, got 'bilinear'"):
+        LayeredGenerator(resolution=8, latent_dim=LATENT, upsampling="bilinear")
+
+
 def test_get_config_from_config_round_trip():
-    args = dict(resolution=16, latent_dim=LATENT, base_width=24, min_width=8, norm="none")
+    args = dict(resolution=16, latent_dim=LATENT, base_width=24, min_width=8, norm="none", upsampling="transposed")
     gen = LayeredGenerator(**args)
     clone = assert_config_round_trip(LayeredGenerator, args)
     gen(latents(1))
@@ -103,8 +139,10 @@ def test_get_config_from_config_round_trip():
     assert [tuple(w.shape) for w in clone.weights] == [tuple(w.shape) for w in gen.weights]
 
 
-def test_keras_save_load_round_trip(generators, tmp_path):
-    gen = generators[16]
+@pytest.mark.parametrize("upsampling", ["nearest", "transposed"])
+def test_keras_save_load_round_trip(generators, upsampling, tmp_path):
+    gen = generators[16] if upsampling == "nearest" else LayeredGenerator(
+        resolution=16, latent_dim=LATENT, base_width=32, min_width=8, upsampling="transposed")
     z = latents(4, seed=3)
     gen(z, training=True)  # moves the BatchNormalization statistics away from their initial values
     path = tmp_path / "generator.keras"

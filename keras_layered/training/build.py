@@ -32,6 +32,7 @@ def build_generator(cfg):
         base_width=m.base_width,
         min_width=m.min_width,
         norm=m.norm,
+        upsampling=m.upsampling,
     )
 
 

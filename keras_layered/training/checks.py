@@ -35,7 +35,8 @@ _GAN_STATE = {
     "data.source": _DATA, "data.resolution": _SHAPES, "data.difficulty": _DATA, "data.edges": _DATA,
     "data.seed": _DATA, "data.crop_scale": _DATA, "data.flip": _DATA, "data.shuffle_buffer": _DATA,
     "model.generator": _SHAPES, "model.latent_dim": _SHAPES, "model.base_width": _SHAPES,
-    "model.min_width": _SHAPES, "model.norm": _SHAPES, "model.d_base_width": _SHAPES,
+    "model.min_width": _SHAPES, "model.norm": _SHAPES, "model.upsampling": _SHAPES,
+    "model.d_base_width": _SHAPES,
     "model.d_min_width": _SHAPES, "model.spectral_norm": _SHAPES, "model.d_equalized_lr": _SCALE,
     "model.mapping_layers": _SHAPES,
     "train.batch_size": _DATA,  # the data continue at step x batch size
