@@ -1,8 +1,10 @@
-"""Encoder path: mean IoU per number of latent-refinement steps, scored on validation scenes
-(another seed than the reported `data.eval_seed`), to choose `segment.refine_steps` without
-looking at the scenes the README reports.
+"""Encoder path: mean IoU (and that of the inverted mask) per number of latent-refinement steps,
+scored on validation images, to choose `segment.refine_steps` without looking at the images the
+README reports: built-in scenes of another seed than the reported `data.eval_seed`, or a
+validation folder (or dataset) with masks given with --data.
 
     python bench/refine_steps.py --run bench/results/quality/shift_seed0 --steps 100,150,200
+    python bench/refine_steps.py --run RUN --data folder:data/photos32/validation --steps 0,10,50,200
 
 Refinement runs at inference only, so the run's trained encoder is rescored as it is.
 """
@@ -22,7 +24,10 @@ import click
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--steps", default="50,100,150,200", show_default=True, help="Comma-separated refinement steps.")
 @click.option("--eval-seed", default=777, show_default=True, help="Seed of the validation scenes.")
-def main(run_dir, steps, eval_seed):
+@click.option("--data", "spec", default=None, help="folder:PATH or tfds:NAME with masks, a validation split "
+              "[default: built-in validation scenes; needs a run on synthetic data].")
+@click.option("--lr", type=float, default=None, help="Refinement step size [default: the run's segment.refine_lr].")
+def main(run_dir, steps, eval_seed, spec, lr):
     import keras
 
     import keras_layered  # noqa: F401  (registers the model classes)
@@ -33,10 +38,12 @@ def main(run_dir, steps, eval_seed):
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    if cfg.data.source != "synthetic":
-        raise click.BadParameter(f"{run_dir} trained on {cfg.data.source}: validation scenes need the built-in "
-                                 "scenes (data.source synthetic)", param_hint="--run")
-    if eval_seed in (cfg.data.eval_seed, cfg.data.seed):
+    if spec is None and cfg.data.source != "synthetic":
+        raise click.BadParameter(f"{run_dir} trained on {cfg.data.source}: give its validation images with masks "
+                                 "(--data folder:PATH), or use a run on the built-in scenes", param_hint="--run")
+    if spec is not None and spec == cfg.data.source:
+        raise click.BadParameter(f"{spec} is the run's training data: give a validation split", param_hint="--data")
+    if spec is None and eval_seed in (cfg.data.eval_seed, cfg.data.seed):
         raise click.BadParameter(f"{eval_seed} is the run's data.eval_seed or data.seed: pick another seed, so that "
                                  "the choice does not look at the reported or the training scenes",
                                  param_hint="--eval-seed")
@@ -45,16 +52,27 @@ def main(run_dir, steps, eval_seed):
         raise click.BadParameter(f"{run_dir} has no segmenter_encoder.keras (segment.encoder was false, or the "
                                  "segmentation stage did not finish)", param_hint="--run")
     distribute.set_precision(cfg.distribute.mixed_precision)  # as the run computed
-    data = build_eval_dataset(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_seed=eval_seed)))
+    if spec is None:
+        data_config = dataclasses.replace(cfg.data, eval_seed=eval_seed)
+        shown = f"{cfg.data.eval_scenes} validation scenes (seed {eval_seed})"
+    else:
+        data_config = dataclasses.replace(cfg.data, source=spec, eval_images=0)  # all its masked images
+        shown = spec
+    data = build_eval_dataset(dataclasses.replace(cfg, data=data_config))
+    if data is None:
+        raise click.BadParameter(f"{spec}: no images with ground-truth masks there", param_hint="--data")
     segmenter = keras.saving.load_model(path)
-    click.echo(f"{run_dir}: encoder path on {cfg.data.eval_scenes} validation scenes (seed {eval_seed})")
-    click.echo(f"{'steps':>6}{'mean IoU':>10}{'seconds':>9}")
+    if lr is not None:
+        segmenter.network.refine_learning_rate = lr
+    click.echo(f"{run_dir}: encoder path on {shown}, refinement step size {segmenter.network.refine_learning_rate:g}")
+    click.echo(f"{'steps':>6}{'mean IoU':>10}{'inverted':>10}{'seconds':>9}")
     for n in (int(s) for s in steps.split(",")):
         segmenter.network.refine_steps = n
         segmenter.predict_function = None  # retrace: the step count is part of the graph
         start = time.perf_counter()
-        iou = evaluate_segmenter(segmenter, data)["mean_iou"]
-        click.echo(f"{n:>6}{iou:>10.3f}{time.perf_counter() - start:>9.1f}")
+        scores = evaluate_segmenter(segmenter, data)
+        click.echo(f"{n:>6}{scores['mean_iou']:>10.3f}{scores['mean_inverted_iou']:>10.3f}"
+                   f"{time.perf_counter() - start:>9.1f}")
 
 
 if __name__ == "__main__":

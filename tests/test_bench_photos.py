@@ -45,3 +45,27 @@ def test_photo_bench_writes_the_data_trains_and_scores_the_split(tmp_path):
     scores = json.loads((tmp_path / "out" / "mixed_seed0" / "scores_distilled_validation.json").read_text())
     assert scores["num_images"] == 6 and scores["data"].endswith("validation")
     assert "inverted" in result.output and "centred disc" in result.output
+
+    # The figure of that run on the same split: image, true mask, encoder, distilled per row.
+    figure = tmp_path / "masks.png"
+    result = CliRunner().invoke(load_script("bench/mask_figure.py").main, [
+        "--run", str(tmp_path / "out" / "mixed_seed0"), "--data", f"folder:{data}/validation", "--scenes", "4",
+        "--zoom", "1", "--out", str(figure)])
+    assert result.exit_code == 0, result.output
+    assert "image, true mask, encoder, distilled" in result.output
+    from PIL import Image
+
+    grid = np.asarray(Image.open(figure))
+    assert grid.shape == (4 * 8, 4 * 8 + 3, 3)
+    true_masks = grid[:, 9:17]
+    assert set(np.unique(true_masks)) == {0, 255}
+    # The true-mask column holds the split's masks: each row's object covers 8-30 % of its image.
+    coverage = (true_masks[..., 0] == 255).reshape(4, 64).mean(axis=1)
+    assert np.all((coverage > 0.03) & (coverage < 0.5)), coverage
+    # --stride 2: images 0 and 2 of the same order.
+    result = CliRunner().invoke(load_script("bench/mask_figure.py").main, [
+        "--run", str(tmp_path / "out" / "mixed_seed0"), "--data", f"folder:{data}/validation", "--scenes", "2",
+        "--stride", "2", "--zoom", "1", "--out", str(figure)])
+    assert result.exit_code == 0, result.output
+    strided = np.asarray(Image.open(figure))
+    np.testing.assert_array_equal(strided[:, :17], np.concatenate([grid[0:8, :17], grid[16:24, :17]]))

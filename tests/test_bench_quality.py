@@ -73,7 +73,31 @@ def test_refine_steps_scores_each_step_count_on_validation_scenes(tiny_run):
     rows = [line.split() for line in result.output.splitlines()[2:]]
     assert [row[0] for row in rows] == ["0", "3"]
     assert all(0.0 <= float(row[1]) <= 1.0 for row in rows)
+    assert all(0.0 <= float(row[2]) <= 1.0 for row in rows)  # the inverted mask's IoU
     assert "8 validation scenes (seed 7)" in result.output
     # The reported scenes' seed is refused: choosing on them would be peeking.
     result = CliRunner().invoke(main, ["--run", str(tiny_run), "--eval-seed", "12345"])
     assert result.exit_code == 2 and "pick another seed" in result.output
+
+
+def test_refine_steps_scores_a_validation_folder_with_the_given_step_size(tiny_run, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        for kind in ("images", "masks"):
+            (tmp_path / kind / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "images" / "a" / f"{i}.png")
+        mask = np.zeros((8, 8), np.uint8)
+        mask[2:6, 2:6] = 255
+        Image.fromarray(mask).save(tmp_path / "masks" / "a" / f"{i}.png")
+    main = load_script("bench/refine_steps.py").main
+    result = CliRunner().invoke(main, ["--run", str(tiny_run), "--steps", "0,2", "--data", f"folder:{tmp_path}",
+                                       "--lr", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert f"folder:{tmp_path}, refinement step size 0.5" in result.output
+    rows = [line.split() for line in result.output.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["0", "2"]
+    assert all(0.0 <= float(row[1]) <= 1.0 and 0.0 <= float(row[2]) <= 1.0 for row in rows)
+    result = CliRunner().invoke(main, ["--run", str(tiny_run), "--data", "synthetic"])
+    assert result.exit_code == 2 and "the run's training data" in result.output
