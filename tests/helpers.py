@@ -57,3 +57,19 @@ def coded_crop_position(pixels, mask, size):
     np.testing.assert_array_equal(x, x[0, 0] + step * np.arange(size)[None, :].repeat(size, 0))
     np.testing.assert_array_equal(y, y[0, 0] + np.arange(size)[:, None].repeat(size, 1))
     return (y[0, 0], x.min()), step == -1
+
+
+def write_images_and_masks(root, examples, sub=""):
+    """Writes root/images[/sub]/NAME.png and root/masks[/sub]/NAME.png (the folder layout with
+    masks) from {NAME: (uint8 RGB image, boolean mask)}; returns root."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    for kind in ("images", "masks"):
+        (root / kind / sub).mkdir(parents=True, exist_ok=True)
+    for name, (rgb, mask) in examples.items():
+        Image.fromarray(rgb).save(root / "images" / sub / f"{name}.png")
+        Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255).save(root / "masks" / sub / f"{name}.png")
+    return root

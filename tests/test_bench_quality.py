@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import load_script
+from helpers import load_script, write_images_and_masks
 
 
 TINY = {
@@ -81,16 +81,11 @@ def test_refine_steps_scores_each_step_count_on_validation_scenes(tiny_run):
 
 
 def test_refine_steps_scores_a_validation_folder_with_the_given_step_size(tiny_run, tmp_path):
-    from PIL import Image
-
     rng = np.random.default_rng(0)
-    for i in range(3):
-        for kind in ("images", "masks"):
-            (tmp_path / kind / "a").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "images" / "a" / f"{i}.png")
-        mask = np.zeros((8, 8), np.uint8)
-        mask[2:6, 2:6] = 255
-        Image.fromarray(mask).save(tmp_path / "masks" / "a" / f"{i}.png")
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    write_images_and_masks(tmp_path, {i: (rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), mask) for i in range(3)},
+                           sub="a")
     main = load_script("bench/refine_steps.py").main
     result = CliRunner().invoke(main, ["--run", str(tiny_run), "--steps", "0,2", "--data", f"folder:{tmp_path}",
                                        "--lr", "0.5"])

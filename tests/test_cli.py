@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import yaml
 from click.testing import CliRunner
+from helpers import write_images_and_masks
 from PIL import Image
 
 
@@ -292,15 +293,9 @@ def test_evaluate_and_segment_score_the_same_pixels_alike(tmp_path, sizes, toler
     segmenter = Segmenter(ChannelMeanMask(), res, largest_component=True)
     segmenter(np.zeros((1, res, res, 3), np.uint8))  # built, as a trained one is saved
     segmenter.save(run / "segmenter.keras")
-    data = tmp_path / "data"
-    (data / "images").mkdir(parents=True)
-    (data / "masks").mkdir()
-    truth = {}
-    for i, (width, height) in enumerate(sizes):
-        rgb, mask = scene(width, height, seed=i)
-        Image.fromarray(rgb).save(data / "images" / f"{i}.png")
-        Image.fromarray((mask * 255).astype(np.uint8)).save(data / "masks" / f"{i}.png")
-        truth[i] = mask
+    examples = {i: scene(width, height, seed=i) for i, (width, height) in enumerate(sizes)}
+    data = write_images_and_masks(tmp_path / "data", examples)
+    truth = {i: mask for i, (_, mask) in examples.items()}
 
     result = invoke("evaluate", "--model", str(run), "--data", f"folder:{data}", "--out", str(tmp_path / "s.json"))
     assert result.exit_code == 0, result.output

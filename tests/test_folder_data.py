@@ -3,7 +3,7 @@ import logging
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import coded_crop_position, to_uint8
+from helpers import coded_crop_position, to_uint8, write_images_and_masks
 from PIL import Image
 
 from keras_layered.data import geometry
@@ -83,16 +83,10 @@ IMAGES_MASKS_PAIRS = [("images/q.png", "masks/q.bmp"), ("images/r.jpg", None), (
 @pytest.fixture
 def coded(tmp_path):
     """Lossless images that encode their own coordinates and mask: R = 6 x, G = 8 y, B = 255 on the mask."""
-    root = tmp_path / "coded"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
     y, x = np.mgrid[:H, :W]
-    for i in range(4):
-        mask = np.random.default_rng(i).random((H, W)) < 0.4
-        image = np.stack([6 * x, 8 * y, 255 * mask], axis=-1).astype(np.uint8)
-        Image.fromarray(image).save(root / "images" / f"{i}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{i}.png")
-    return root
+    masks = [np.random.default_rng(i).random((H, W)) < 0.4 for i in range(4)]
+    return write_images_and_masks(tmp_path / "coded", {
+        i: (np.stack([6 * x, 8 * y, 255 * mask], axis=-1).astype(np.uint8), mask) for i, mask in enumerate(masks)})
 
 
 def samples(dataset, batches=None):
