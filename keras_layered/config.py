@@ -180,6 +180,8 @@ class SegmentConfig:
     perceptual_weights: str = ""  # ... a local VGG16 notop weights file (.h5), e.g. keras' cache
     # U-Net targets: mask > 0.5 where |foreground - background| > this (0 = off)
     visible_threshold: float = bounded(0.0, ge=0, lt=2, note=": a difference of pixel values in [-1, 1]")
+    # U-Net composites: foreground and background colours jittered apart (layers.ColorJitter), this strong
+    layer_jitter: float = bounded(0.0, ge=0, le=1)
     largest_component: bool = False  # served masks: only the largest connected region (one object per image)
     unet_width: int = bounded(32, ge=1)  # U-Net channels at full resolution, doubled per level down
     unet_depth: int = 3

@@ -86,14 +86,15 @@ def test_train_on_a_folder_starts_from_the_photo_recipe(tmp_path):
     recipe = yaml.safe_load((REPO / "configs" / "photos.yaml").read_text())
     assert printed["data"]["source"] == f"folder:{photos}"
     assert printed["perturb"]["background_mixing"] == recipe["perturb"]["background_mixing"] == 1.0
-    assert (printed["train"]["steps"], printed["segment"]["steps"]) == (2000, 500)  # synthetic.yaml: 4000, 1000
+    assert (printed["train"]["steps"], printed["segment"]["steps"]) == (3500, 500)  # synthetic.yaml: 4000, 1000
+    assert printed["segment"]["layer_jitter"] == 0.6  # synthetic.yaml: 0 (off)
     # Without --out the run is named after the data, as with any recipe.
     assert cli._default_run_dir(None, [f"data.source=folder:{photos}"]) == "runs/my_photos"
     assert cli._default_run_dir(None, []) == "runs/synthetic"
 
 
 @pytest.mark.parametrize("config, mixing, steps, resolution", [
-    ("synthetic", 0.0, 4000, 32), ("cub_64.yaml", 1.0, 100000, 64), ("photos", 1.0, 2000, 32)])
+    ("synthetic", 0.0, 4000, 32), ("cub_64.yaml", 1.0, 100000, 64), ("photos", 1.0, 3500, 32)])
 def test_a_named_recipe_overrides_the_photo_default(tmp_path, config, mixing, steps, resolution):
     photos = photo_folder(tmp_path / "my_photos")
     result = invoke("train", "--dry-run", "--config", config, "--data", f"folder:{photos}", "--out", tmp_path / "run")

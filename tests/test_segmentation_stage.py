@@ -211,6 +211,54 @@ def test_trainer_passes_visible_threshold_to_the_unet_target(monkeypatch):
     assert build_segmentation_trainer(tiny_config(visible_threshold=0.25), generator()).visible_threshold == 0.25
 
 
+def test_layer_jitter_recolours_each_layer_of_the_unet_composites_and_keeps_the_target(monkeypatch):
+    """The same seed with and without layer_jitter: the same z, shift and target; the composite
+    differs, and where the mask is ~0 it is the background under a per-channel gain and offset."""
+    from keras_layered.training import segmentation
+
+    seen = {}
+    original_composite = segmentation.composite
+
+    def spy_composite(background, foreground, mask):
+        seen["layers"] = [keras.ops.convert_to_numpy(v) for v in (background, foreground, mask)]
+        return original_composite(background, foreground, mask)
+
+    def spy_unet_step(self, images, target):
+        seen["images"], seen["target"] = keras.ops.convert_to_numpy(images), keras.ops.convert_to_numpy(target)
+        return {"unet_loss": keras.ops.convert_to_numpy(0.0)}
+
+    monkeypatch.setattr(segmentation, "composite", spy_composite)
+    monkeypatch.setattr(SegmentationTrainer, "_unet_step", spy_unet_step)
+    runs = {}
+    for strength in (0.0, 0.5):
+        t = trainer(generator(), encoder=False, layer_jitter=strength)
+        assert t.layer_jitter.strength == strength
+        t.train_step(np.zeros((BATCH, RES, RES, 3), np.float32))  # eager: the spies see values
+        runs[strength] = dict(seen)
+    plain, jittered = runs[0.0], runs[0.5]
+    np.testing.assert_array_equal(plain["target"], jittered["target"])
+    np.testing.assert_array_equal(plain["layers"][2], jittered["layers"][2])  # the same shifted mask
+    assert np.abs(plain["images"] - jittered["images"]).max() > 0.05
+    for jittered_layer, plain_layer in zip(jittered["layers"][:2], plain["layers"][:2]):
+        # Each layer: clip(x * g + o, -1, 1) with g, o per sample and channel, read back by a
+        # least-squares fit on the unclipped pixels.
+        for b in range(BATCH):
+            for c in range(3):
+                x, y = plain_layer[b, ..., c].ravel(), jittered_layer[b, ..., c].ravel()
+                keep = np.abs(y) < 0.999
+                g, o = np.polyfit(x[keep], y[keep], 1)
+                assert 0.5 - 1e-3 <= g <= 1.5 + 1e-3 and -0.5 - 1e-3 <= o <= 0.5 + 1e-3
+                np.testing.assert_allclose(np.clip(x * g + o, -1, 1), y, atol=1e-4)
+    # Foreground and background got different colours (independent draws).
+    fg_gain = np.polyfit(plain["layers"][1][0, ..., 0].ravel(), jittered["layers"][1][0, ..., 0].ravel(), 1)[0]
+    bg_gain = np.polyfit(plain["layers"][0][0, ..., 0].ravel(), jittered["layers"][0][0, ..., 0].ravel(), 1)[0]
+    assert abs(fg_gain - bg_gain) > 1e-3
+
+    assert build_segmentation_trainer(tiny_config(layer_jitter=0.3), generator()).layer_jitter.strength == 0.3
+    with pytest.raises(ConfigError, match="layer_jitter"):
+        tiny_config(layer_jitter=1.5)
+
+
 def test_lr_decay_is_linear_and_zero_after_the_last_segmentation_step():
     t = build_segmentation_trainer(tiny_config(steps=4, lr=1e-3, lr_decay=True), generator())
     t.fit(real_images(), steps_per_epoch=3, epochs=1, verbose=0)

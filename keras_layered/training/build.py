@@ -130,6 +130,7 @@ def build_segmentation_trainer(cfg, generator):
         perceptual_weight=s.perceptual_weight,
         max_shift=cfg.perturb.max_shift,
         visible_threshold=s.visible_threshold,
+        layer_jitter=s.layer_jitter,
         shifted_fraction=s.shifted_fraction,
         seed=cfg.train.seed,
     )

@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_layered import distribute, losses
 from keras_layered.config import PerturbConfig, SegmentConfig
-from keras_layered.layers import RandomShift, composite
+from keras_layered.layers import ColorJitter, RandomShift, composite
 from keras_layered.models.generator_inversion import GeneratorInversion
 
 
@@ -39,7 +39,9 @@ class SegmentationTrainer(keras.Model):
       keeps only the mask term: real images look like the shifted composites the discriminator
       judged, whose objects can sit where the unshifted generator rarely puts them;
     - distilled U-Net (beyond the paper): BCE on the randomly shifted generated composites against
-      their shifted masks (`distillation_target`), the images the discriminator judged realistic.
+      their shifted masks (`distillation_target`), the images the discriminator judged realistic;
+      with `layer_jitter` > 0, foreground and background each get their own random colour
+      jitter first (`ColorJitter`).
 
     The generator is frozen explicitly (`trainable = False`) and never in an optimizer.
 
@@ -54,6 +56,7 @@ class SegmentationTrainer(keras.Model):
             ones (fraction of the size).
         shifted_fraction: fraction of the encoder's generated images that are shifted, in [0, 1).
         visible_threshold: see `distillation_target` (0 = the mask alone).
+        layer_jitter: strength of the U-Net composites' per-layer colour jitter (0 = off).
         seed: seed of z sampling and the shift.
     """
 
@@ -61,7 +64,8 @@ class SegmentationTrainer(keras.Model):
                  mask_weight=SegmentConfig.mask_weight, reconstruction_weight=SegmentConfig.reconstruction_weight,
                  feature_extractor=None, perceptual_weight=SegmentConfig.perceptual_weight,
                  max_shift=PerturbConfig.max_shift, visible_threshold=SegmentConfig.visible_threshold,
-                 shifted_fraction=SegmentConfig.shifted_fraction, seed=None, **kwargs):
+                 shifted_fraction=SegmentConfig.shifted_fraction, layer_jitter=SegmentConfig.layer_jitter,
+                 seed=None, **kwargs):
         super().__init__(**kwargs)
         if encoder is None and unet is None:
             raise ValueError("SegmentationTrainer: give an encoder, a unet or both.")
@@ -84,6 +88,7 @@ class SegmentationTrainer(keras.Model):
         self.shifted_fraction = shifted_fraction
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.random_shift = RandomShift(max_shift, seed=None if seed is None else seed + 1, name="random_shift")
+        self.layer_jitter = ColorJitter(layer_jitter, seed=None if seed is None else seed + 2, name="layer_jitter")
         # The stage's clock (checkpoints, data offset), which counts float16 steps a loss-scale
         # optimizer skipped too (see LayeredGAN).
         self.step = keras.Variable(0, dtype="int64", trainable=False, aggregation="only_first_replica", name="step")
@@ -137,7 +142,10 @@ class SegmentationTrainer(keras.Model):
             # The perturbation of the GAN stage: the composites the discriminator judged realistic.
             foreground, mask = self.random_shift([layers["foreground"], layers["mask"]], training=True)
             target = distillation_target(mask, foreground, layers["background"], self.visible_threshold)
-            terms.update(self._unet_step(composite(layers["background"], foreground, mask), target))
+            # Each layer's colours apart (a no-op at layer_jitter 0): the target stays the mask's.
+            background = self.layer_jitter(layers["background"], training=True)
+            foreground = self.layer_jitter(foreground, training=True)
+            terms.update(self._unet_step(composite(background, foreground, mask), target))
         self.step.assign_add(1)
         for name, value in terms.items():
             self.trackers[name].update_state(value)
