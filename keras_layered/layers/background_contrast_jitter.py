@@ -5,10 +5,11 @@ from keras import ops
 
 from keras_layered import distribute
 from keras_layered.config import PerturbConfig
+from keras_layered.layers.perturbation import Perturbation
 
 
 @keras.saving.register_keras_serializable(package="keras_layered")
-class BackgroundContrastJitter(keras.layers.Layer):
+class BackgroundContrastJitter(Perturbation):
     """Scales each background's contrast by a random factor around its own mean.
 
     Per sample c ~ U[1 - strength, 1 + strength]; bg' = (bg - mean) * c + mean with the mean per
@@ -21,19 +22,12 @@ class BackgroundContrastJitter(keras.layers.Layer):
     """
 
     def __init__(self, strength=PerturbConfig.bg_contrast_jitter, seed=None, **kwargs):
-        # Works in the background's own dtype: float32 stays float32 under a mixed policy.
-        kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         if not 0.0 <= strength < 1.0:
             raise ValueError(
                 f"BackgroundContrastJitter: strength must be in [0, 1), got {strength}."
             )
         self.strength = strength
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        # No state to build apart from the seed, so built now: under tf.distribute, `fit` builds a
-        # model with an unbuilt layer by calling it on a data batch, which a trainer cannot take.
-        self.built = True
 
     def call(self, background, training=None):
         if not training or self.strength == 0.0:
@@ -48,10 +42,7 @@ class BackgroundContrastJitter(keras.layers.Layer):
         jittered = (background - mean) * ops.cast(factor, background.dtype) + mean
         return ops.clip(jittered, low, high)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         config = super().get_config()
-        config.update(strength=self.strength, seed=self.seed)
+        config.update(strength=self.strength)
         return config

@@ -5,10 +5,11 @@ from keras import ops
 
 from keras_layered import distribute
 from keras_layered.config import PerturbConfig
+from keras_layered.layers.perturbation import Perturbation
 
 
 @keras.saving.register_keras_serializable(package="keras_layered")
-class BackgroundMixing(keras.layers.Layer):
+class BackgroundMixing(Perturbation):
     """Gives a random fraction of the samples the background of the next sample in the batch.
 
     The latents of a batch are independent, so a swapped row's objects (foreground + mask of z)
@@ -26,14 +27,10 @@ class BackgroundMixing(keras.layers.Layer):
     """
 
     def __init__(self, rate=PerturbConfig.background_mixing, seed=None, **kwargs):
-        kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"BackgroundMixing: rate must be in [0, 1], got {rate}.")
         self.rate = rate
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.built = True  # no state to build apart from the seed (see BackgroundContrastJitter)
 
     def call(self, background, training=None):
         if not training or self.rate == 0.0:
@@ -42,10 +39,7 @@ class BackgroundMixing(keras.layers.Layer):
         swapped = distribute.uniform((ops.shape(background)[0], 1, 1, 1), self.seed_generator) < self.rate
         return ops.where(swapped, other, background)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         config = super().get_config()
-        config.update(rate=self.rate, seed=self.seed)
+        config.update(rate=self.rate)
         return config

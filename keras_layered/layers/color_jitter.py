@@ -5,10 +5,11 @@ from keras import ops
 
 from keras_layered import distribute
 from keras_layered.config import SegmentConfig
+from keras_layered.layers.perturbation import Perturbation
 
 
 @keras.saving.register_keras_serializable(package="keras_layered")
-class ColorJitter(keras.layers.Layer):
+class ColorJitter(Perturbation):
     """Random per-sample, per-channel gain and offset of images in [-1, 1].
 
     x' = clip(x * g + o, -1, 1), with g ~ U[1 - strength, 1 + strength] and
@@ -24,14 +25,10 @@ class ColorJitter(keras.layers.Layer):
     """
 
     def __init__(self, strength=SegmentConfig.layer_jitter, seed=None, **kwargs):
-        kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"ColorJitter: strength must be in [0, 1], got {strength}.")
         self.strength = strength
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.built = True  # no state to build apart from the seed (see BackgroundContrastJitter)
 
     def call(self, images, training=None):
         if not training or self.strength == 0.0:
@@ -43,10 +40,7 @@ class ColorJitter(keras.layers.Layer):
         jittered = ops.cast(images, "float32") * gain + offset
         return ops.cast(ops.clip(jittered, -1.0, 1.0), images.dtype)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         config = super().get_config()
-        config.update(strength=self.strength, seed=self.seed)
+        config.update(strength=self.strength)
         return config

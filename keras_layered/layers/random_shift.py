@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_layered import distribute
 from keras_layered.config import PerturbConfig
+from keras_layered.layers.perturbation import Perturbation
 
 
 def shift(x, offsets):
@@ -38,7 +39,7 @@ def _interpolation(offset, size, dtype):
 
 
 @keras.saving.register_keras_serializable(package="keras_layered")
-class RandomShift(keras.layers.Layer):
+class RandomShift(Perturbation):
     """Shifts several aligned tensors (foreground, mask) by one random offset per sample.
 
     Each offset component is drawn uniformly in [-max_shift * size, max_shift * size] and
@@ -55,20 +56,13 @@ class RandomShift(keras.layers.Layer):
     """
 
     def __init__(self, max_shift=PerturbConfig.max_shift, seed=None, **kwargs):
-        # Shifts tensors in their own dtype: float32 layers stay float32 under a mixed policy.
-        kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         if not 0.0 <= max_shift < 0.5:
             raise ValueError(
                 f"RandomShift: max_shift must be in [0, 0.5) (a fraction of the image size), "
                 f"got {max_shift}."
             )
         self.max_shift = max_shift
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        # No state to build apart from the seed, so built now: under tf.distribute, `fit` builds a
-        # model with an unbuilt layer by calling it on a data batch, which a trainer cannot take.
-        self.built = True
 
     def sample_offsets(self, batch_size, height, width):
         """(B, 2) int32 offsets (dy, dx) drawn from the layer's distribution."""
@@ -86,10 +80,7 @@ class RandomShift(keras.layers.Layer):
         shifted = [shift(t, offsets) for t in tensors]
         return shifted[0] if single else shifted
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         config = super().get_config()
-        config.update(max_shift=self.max_shift, seed=self.seed)
+        config.update(max_shift=self.max_shift)
         return config
