@@ -6,7 +6,8 @@
 
 Training: one iteration = `LayeredGAN.train_step` (discriminator step, generator step, EMA update)
 on a batch of `train.batch_size` real images held in memory (the scene generator is not timed),
-run by `fit` after a warm-up that traces it. FLOPs of one iteration are TensorFlow's own per-op
+run by `fit` after a warm-up that traces it, timed from its first step's start to its last step's end
+(`fit`'s own start and teardown, once per call, left out). FLOPs of one iteration are TensorFlow's own per-op
 counts (those of its profiler: convolutions and their gradients, matmuls, elementwise arithmetic;
 ops it has no count for, such as the shift's einsum, are left out) over the ops of the traced step
 that run; branches taken conditionally (the lazy R1 / GP penalty) count 1 / `loss.penalty_every`
@@ -135,10 +136,22 @@ def graph_flops(graph):
 
 
 def timed_fit(model, data, steps):
-    """(wall seconds, CPU seconds of this process) of `steps` training steps."""
-    start, cpu = time.perf_counter(), time.process_time()
-    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
-    return time.perf_counter() - start, time.process_time() - cpu
+    """(wall seconds, CPU seconds of this process) of `steps` training steps of one `fit` call,
+    from the first step's start to the last step's end: what each step of a long training costs.
+    `fit`'s own start and teardown (1-2 s on a CPU, once per call of a training) are left out."""
+    import keras
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                self.start = time.perf_counter(), time.process_time()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.end = time.perf_counter(), time.process_time()
+
+    clock = Clock()
+    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[clock])
+    return clock.end[0] - clock.start[0], clock.end[1] - clock.start[1]
 
 
 def bench_training(cfg, seconds):

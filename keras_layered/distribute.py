@@ -120,8 +120,8 @@ def resolve_precision(name):
     - GPUs: "mixed_bfloat16" from compute capability 8.0 (Ampere) on, "mixed_float16" on 7.x
       (tensor cores, loss-scaled), else "none";
     - CPUs: "mixed_bfloat16" where the CPU has bfloat16 instructions (AVX512_BF16 or AMX), which
-      oneDNN uses (training 1.7x faster at 32 px in bench/speed.py on such a CPU), else "none":
-      emulated bfloat16 is slower than float32.
+      oneDNN uses (training 1.7x faster at 32 px in bench/speed.py on such a CPU) unless
+      ONEDNN_MAX_CPU_ISA caps it below them, else "none": emulated bfloat16 is slower than float32.
     """
     if name not in PRECISIONS:
         raise ValueError(f"distribute.mixed_precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
@@ -154,8 +154,17 @@ def _gpu_capability():
     return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0))
 
 
-def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
-    """Whether the CPU lists bfloat16 instructions (Linux; False where there is no /proc/cpuinfo)."""
+# ONEDNN_MAX_CPU_ISA caps below which oneDNN has no bfloat16 kernels (it would emulate them).
+_ISA_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo", environ=None):
+    """Whether the CPU lists bfloat16 instructions (Linux; False where there is no /proc/cpuinfo)
+    and oneDNN may use them: an ONEDNN_MAX_CPU_ISA cap below AVX512_CORE_BF16 (e.g. AVX2, to
+    run as an AVX2-only CPU would) leaves it to emulate bfloat16, slower than float32."""
+    environ = os.environ if environ is None else environ
+    if environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ISA_CAPS_WITHOUT_BF16:
+        return False
     try:
         with open(cpuinfo) as f:
             flags = set(f.read().split())

@@ -93,3 +93,21 @@ def test_onnx_calls_run_the_segmenters_onnx_export_or_nothing_without_the_extra(
         np.testing.assert_allclose(call(images), segmenter.predict_on_batch(images), atol=1e-4)
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import tf2onnx now raises ImportError
     assert speed.onnx_calls(segmenter, tmp_path / "b") == {}
+
+
+def test_timed_fit_times_the_steps_not_fits_start_and_teardown():
+    speed = load_script("bench/speed.py")
+
+    class Model:  # what timed_fit needs of a Keras model: fit calling its callbacks per step
+        def fit(self, data, epochs, steps_per_epoch, verbose, callbacks):
+            import time
+            time.sleep(0.3)  # fit's start
+            for step in range(steps_per_epoch):
+                callbacks[0].on_train_batch_begin(step)
+                time.sleep(0.02)
+                callbacks[0].on_train_batch_end(step)
+            time.sleep(0.3)  # fit's teardown
+
+    wall, cpu = speed.timed_fit(Model(), None, 5)
+    assert 0.1 <= wall < 0.3  # the 5 steps' 0.1 s, not the 0.6 s around them
+    assert 0 <= cpu < wall

@@ -247,8 +247,22 @@ def test_set_precision_rejects_unknown_names():
 def test_cpu_has_bfloat16_reads_the_cpu_flags(flags, expected, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
-    assert distribute.cpu_has_bfloat16(str(cpuinfo)) is expected
-    assert distribute.cpu_has_bfloat16(str(tmp_path / "missing")) is False
+    assert distribute.cpu_has_bfloat16(str(cpuinfo), environ={}) is expected
+    assert distribute.cpu_has_bfloat16(str(tmp_path / "missing"), environ={}) is False
+
+
+@pytest.mark.parametrize("cap, expected", [
+    ("AVX2", False),  # an AVX2-only CPU, emulated: oneDNN would emulate bfloat16
+    ("avx512_core_vnni", False),
+    ("AVX512_CORE", False),
+    ("AVX512_CORE_BF16", True),
+    ("AVX512_CORE_AMX", True),
+    ("", True),
+])
+def test_cpu_has_bfloat16_follows_the_onednn_isa_cap(cap, expected, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert distribute.cpu_has_bfloat16(str(cpuinfo), environ={"ONEDNN_MAX_CPU_ISA": cap}) is expected
 
 
 @pytest.mark.parametrize("gpu, has_bf16, expected", [
