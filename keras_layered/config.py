@@ -185,6 +185,8 @@ class SegmentConfig:
     largest_component: bool = False  # served masks: only the largest connected region (one object per image)
     unet_width: int = bounded(32, ge=1)  # U-Net channels at full resolution, doubled per level down
     unet_depth: int = 3
+    unet_max_width: int = bounded(0, ge=0, note=" (0 = no cap)")  # U-Net channels never above this
+    unet_low_res_upconv: bool = False  # U-Net decoder: up-convolution before the x2 repeat (4x cheaper)
     checkpoint_every: int = bounded(250, ge=1)
 
 
@@ -247,6 +249,8 @@ def _check_rules(cfg):
         ("segment.unet_depth",
          1 <= cfg.segment.unet_depth and cfg.data.resolution % 2**cfg.segment.unet_depth == 0,
          ">= 1 with data.resolution divisible by 2**depth"),
+        ("segment.unet_max_width", cfg.segment.unet_max_width == 0 or cfg.segment.unet_max_width >= cfg.segment.unet_width,
+         "0 (no cap) or >= segment.unet_width"),
         ("segment.serve", getattr(cfg.segment, cfg.segment.serve),
          "a network the stage trains (segment.encoder / segment.distilled is false)"),
         ("segment.encoder", cfg.segment.encoder or cfg.segment.distilled,

@@ -161,6 +161,8 @@ def test_section_that_is_not_a_mapping():
         ("loss.adversarial=wgan", "loss.adversarial"),
         ("distribute.mixed_precision=bf16", "distribute.mixed_precision"),
         ("segment.visible_threshold=-0.1", "segment.visible_threshold"),
+        ("segment.unet_max_width=16", "segment.unet_max_width"),  # below unet_width 32
+        ("segment.unet_max_width=-1", "segment.unet_max_width"),
     ],
 )
 def test_out_of_range_names_the_key(override, key):

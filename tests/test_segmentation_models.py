@@ -174,6 +174,49 @@ def test_unet_skip_connection_alone_carries_the_full_resolution_input(unet):
     np.testing.assert_array_equal(changed, expected)
 
 
+def test_unet_max_width_caps_the_channels_per_level():
+    unet = UNet(16, width=4, depth=3, max_width=8)
+    unet.build((None, 16, 16, 3))
+    assert unet.widths == [4, 8, 8, 8]
+    assert [b.layers[-2].filters for b in unet.down_blocks] == [4, 8, 8] and unet.bottom.layers[-2].filters == 8
+    assert UNet(16, width=4, depth=3).widths == [4, 8, 16, 32]  # 0: no cap
+
+
+@pytest.mark.parametrize("max_width", [2, -1, 8.0, True])
+def test_unet_bad_max_width_raises(max_width):
+    with pytest.raises(ValueError, match=r"max_width must be 0 \(no cap\) or an int >= width \(4\)"):
+        UNet(16, width=4, depth=2, max_width=max_width)
+
+
+def test_unet_low_res_upconv_convolves_before_the_repeat():
+    """The up-convolution on the low-resolution tensor, then nearest x2: every 2x2 block of the
+    up-conv's output is one value, which a conv after the repeat would not give."""
+    keras.utils.set_random_seed(7)
+    unet = UNet(8, width=4, depth=1, low_res_upconv=True)
+    unet(images(1))
+    captured = {}
+    concat = keras.ops.concatenate
+
+    def spy(tensors, axis):
+        captured["up"] = numpy(tensors[0])
+        return concat(tensors, axis=axis)
+
+    keras.ops.concatenate = spy
+    try:
+        unet(images(1, seed=8))
+    finally:
+        keras.ops.concatenate = concat
+    up = captured["up"][0]
+    assert up.shape == (8, 8, 4) and up.std() > 0
+    np.testing.assert_array_equal(up, np.repeat(np.repeat(up[::2, ::2], 2, axis=0), 2, axis=1))
+    config = unet.get_config()
+    assert config["low_res_upconv"] is True
+    same = UNet.from_config(config)
+    same.build((None, 8, 8, 3))
+    same.set_weights(unet.get_weights())
+    np.testing.assert_array_equal(numpy(same(images(2))), numpy(unet(images(2))))
+
+
 @pytest.mark.parametrize("resolution, depth", [(16, 0), (16, 5), (8, 4), (16, 2.0)])
 def test_unet_bad_depth_raises(resolution, depth):
     with pytest.raises(ValueError, match="depth"):

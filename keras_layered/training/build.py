@@ -111,7 +111,8 @@ def build_segmentation_trainer(cfg, generator):
         encoder = Encoder(res, generator.latent_dim, base_width=s.encoder_base_width, min_width=s.encoder_min_width,
                           name="encoder")
     if s.distilled:
-        unet = UNet(res, width=s.unet_width, depth=s.unet_depth, name="unet")
+        unet = UNet(res, width=s.unet_width, depth=s.unet_depth, max_width=s.unet_max_width,
+                    low_res_upconv=s.unet_low_res_upconv, name="unet")
     if s.encoder and s.perceptual_weight:
         if not Path(s.perceptual_weights).expanduser().is_file():
             raise ConfigError(

@@ -46,6 +46,7 @@ _GAN_STATE = {
 _SEGMENTATION_STATE = {
     "segment.encoder": _SHAPES, "segment.distilled": _SHAPES, "segment.encoder_base_width": _SHAPES,
     "segment.encoder_min_width": _SHAPES, "segment.unet_width": _SHAPES, "segment.unet_depth": _SHAPES,
+    "segment.unet_max_width": _SHAPES, "segment.unet_low_res_upconv": _SHAPES,
     "segment.perceptual_weight": "it adds or removes the VGG16 features in the checkpoint",
     "segment.lr_decay": "it changes the optimizers' state in the checkpoint",
     "segment.batch_size": _DATA,
