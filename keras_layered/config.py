@@ -183,7 +183,7 @@ class SegmentConfig:
     # U-Net composites: foreground and background colours jittered apart (layers.ColorJitter), this strong
     layer_jitter: float = bounded(0.0, ge=0, le=1)
     largest_component: bool = False  # served masks: only the largest connected region (one object per image)
-    unet_width: int = bounded(32, ge=1)  # U-Net channels at full resolution, doubled per level down
+    unet_width: int = bounded(32, ge=1)  # U-Net channels at full resolution, doubled per level down (up to unet_max_width)
     unet_depth: int = 3
     unet_max_width: int = bounded(0, ge=0, note=" (0 = no cap)")  # U-Net channels never above this
     unet_low_res_upconv: bool = False  # U-Net decoder: up-convolution before the x2 repeat (4x cheaper)

@@ -38,8 +38,10 @@ def segmenters(generator):
             GeneratorInversion(Encoder(RES, LATENT, base_width=16, min_width=8, hidden_dim=16), generator,
                                refine_steps=3), RES
         ),
-        # The largest-component loop (a tf.while_loop) in the served graph.
-        "largest": Segmenter(UNet(RES, width=8, depth=1), RES, largest_component=True),
+        # The largest-component loop (a tf.while_loop) in the served graph, on the synthetic
+        # recipe's form of U-Net (capped channels, up-convolutions before the repeat).
+        "largest": Segmenter(UNet(RES, width=8, depth=2, max_width=8, low_res_upconv=True), RES,
+                             largest_component=True),
     }
 
 
