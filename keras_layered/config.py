@@ -187,6 +187,7 @@ class SegmentConfig:
     unet_depth: int = 3
     unet_max_width: int = bounded(0, ge=0, note=" (0 = no cap)")  # U-Net channels never above this
     unet_low_res_upconv: bool = False  # U-Net decoder: up-convolution before the x2 repeat (4x cheaper)
+    unet_flip_average: bool = False  # served U-Net masks: mean over the image and its mirror image (2x its cost)
     checkpoint_every: int = bounded(250, ge=1)
 
 

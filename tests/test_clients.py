@@ -33,9 +33,10 @@ TINY = {
     "data": {"resolution": RES, "eval_scenes": 8},
     "model": {"latent_dim": 8, "base_width": 16, "min_width": 8, "d_base_width": 16, "d_min_width": 8},
     "train": {"steps": 2, "steps_per_epoch": 2, "batch_size": 4, "sample_every": 2, "checkpoint_every": 2},
-    # The served U-Net with the largest-component loop, as the shipped recipe serves it.
+    # The served U-Net with the largest-component loop and the mirror-image average, as the
+    # shipped recipe serves it.
     "segment": {"encoder": False, "steps": 2, "steps_per_epoch": 2, "batch_size": 4, "unet_width": 4,
-                "unet_depth": 2, "largest_component": True},
+                "unet_depth": 2, "largest_component": True, "unet_flip_average": True},
 }
 
 from keras_layered import cli
@@ -63,7 +64,7 @@ def exported(run_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def segmenter(run_dir):
     model = keras.saving.load_model(run_dir / "segmenter.keras")
-    assert model.largest_component
+    assert model.largest_component and model.flip_average
     return model
 
 
@@ -183,7 +184,7 @@ def test_onnx_masks_equal_the_keras_models(exported, segmenter, dtype, name):
     expected = segmenter.predict(pictures, verbose=0)
     np.testing.assert_allclose(masks, expected, atol=1e-4)
     # The largest-component loop is in the ONNX graph: it removed regions the network found.
-    plain = Segmenter(segmenter.network, RES).predict(pictures, verbose=0)
+    plain = Segmenter(segmenter.network, RES, flip_average=True).predict(pictures, verbose=0)
     assert ((plain > 0.5) & (masks <= 0.5)).any()
     # Its areas are one scatter-add, linear in the pixels, not tf2onnx's (segments x largest
     # segment) matrix of a segment sum.

@@ -39,9 +39,10 @@ def segmenters(generator):
                                refine_steps=3), RES
         ),
         # The largest-component loop (a tf.while_loop) in the served graph, on the synthetic
-        # recipe's form of U-Net (capped channels, up-convolutions before the repeat).
+        # recipe's form of U-Net (capped channels, up-convolutions before the repeat, masks
+        # averaged over the mirror image).
         "largest": Segmenter(UNet(RES, width=8, depth=2, max_width=8, low_res_upconv=True), RES,
-                             largest_component=True),
+                             largest_component=True, flip_average=True),
     }
 
 
@@ -125,7 +126,7 @@ def test_keras_round_trip_in_fresh_process(segmenters, generator, fresh, kind):
 
 
 def test_exported_largest_component_removes_regions(segmenters, fresh):
-    plain = Segmenter(segmenters["largest"].network, RES).predict(inputs()["uint8"], verbose=0)
+    plain = Segmenter(segmenters["largest"].network, RES, flip_average=True).predict(inputs()["uint8"], verbose=0)
     saved = fresh["largest/saved/uint8"]
     assert ((plain > 0.5) & (saved <= 0.5)).any()  # regions the loops removed, in the served graph
     np.testing.assert_allclose(saved, keras.ops.convert_to_numpy(LargestComponent()(plain)), atol=1e-5)

@@ -375,6 +375,32 @@ def test_segmenter_largest_component_keeps_one_region_and_survives_saving(tmp_pa
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
 
 
+@keras.saving.register_keras_serializable(package="keras_layered_tests")
+class ColumnRamp(keras.layers.Layer):
+    """A mask that depends on where the image is: image channel 0 (in [-1, 1]) mapped to [0, 1],
+    times a ramp over the columns, so mirroring the image changes the mask."""
+
+    def call(self, images):
+        ramp = keras.ops.reshape(keras.ops.linspace(0.0, 1.0, keras.ops.shape(images)[2]), (1, 1, -1, 1))
+        return (images[..., :1] + 1.0) / 2.0 * ramp
+
+
+def test_segmenter_flip_average_is_the_mean_over_the_mirror_image_and_survives_saving(tmp_path):
+    x = uint8_images(3, seed=15)
+    channel = x[..., :1].astype("float64") / 255.0  # the network's input back in [0, 1]
+    ramp = np.linspace(0.0, 1.0, RES).reshape(1, 1, RES, 1)
+    # Mirrored image through the network, mirrored back: channel * (1 - ramp).
+    expected = (channel * ramp + channel * ramp[:, :, ::-1]) / 2.0
+    plain, averaged = Segmenter(ColumnRamp(), RES), Segmenter(ColumnRamp(), RES, flip_average=True)
+    np.testing.assert_allclose(numpy(plain(x)), channel * ramp, atol=1e-5)
+    np.testing.assert_allclose(numpy(averaged(x)), expected, atol=1e-5)
+    assert np.abs(expected - channel * ramp).max() > 0.1  # the two differ
+    averaged.save(tmp_path / "segmenter.keras")
+    loaded = keras.saving.load_model(tmp_path / "segmenter.keras")
+    assert loaded.flip_average is True
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5)
+
+
 BAD_SHAPES = {"rgba": (2, RES, RES, 4), "no_batch_axis": (RES, RES, 3), "wrong_size": (2, 2 * RES, 2 * RES, 3),
               "not_square": (2, RES, 2 * RES, 3)}
 

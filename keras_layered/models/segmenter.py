@@ -71,17 +71,22 @@ class Segmenter(keras.Model):
         resolution: the image size the network was trained at.
         largest_component: keep only the largest connected region of each mask (`LargestComponent`):
             for images that show one object each.
+        flip_average: each mask is the mean of the network's mask of the image and the mirrored mask
+            of its left-right mirror image (twice the network's cost): objects are as likely seen
+            mirrored, and the network's errors at their outlines differ between the two views.
 
     Call: images (B, resolution, resolution, 3), uint8 in [0, 255] or float in [0, 1] -> masks
     (B, resolution, resolution, 1) in [0, 1]. Images of another numeric dtype are read as float,
     and a float image whose maximum exceeds 2 as [0, 255], per image (see `_rescale`).
     """
 
-    def __init__(self, network, resolution, largest_component=SegmentConfig.largest_component, **kwargs):
+    def __init__(self, network, resolution, largest_component=SegmentConfig.largest_component,
+                 flip_average=SegmentConfig.unet_flip_average, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.resolution = resolution
         self.largest_component = largest_component
+        self.flip_average = flip_average
         self.keep_largest = LargestComponent(name="keep_largest") if largest_component else None
 
     def build(self, input_shape):
@@ -96,14 +101,20 @@ class Segmenter(keras.Model):
                             "convert them, e.g. np.asarray(image, np.uint8).")
         from_uint8 = dtype == "uint8"
         images = check_image_shape(ops.cast(images, "float32"), self.resolution, "Segmenter")
-        out = self.network(_rescale(images, from_uint8), training=False)
-        masks = out["mask"] if isinstance(out, dict) else out
+        images = _rescale(images, from_uint8)
+        masks = self._masks(images)
+        if self.flip_average:
+            masks = (masks + ops.flip(self._masks(ops.flip(images, axis=2)), axis=2)) / 2.0
         return self.keep_largest(masks) if self.keep_largest is not None else masks
+
+    def _masks(self, images):
+        out = self.network(images, training=False)
+        return out["mask"] if isinstance(out, dict) else out
 
     def get_config(self):
         config = super().get_config()
         config.update(network=keras.saving.serialize_keras_object(self.network), resolution=self.resolution,
-                      largest_component=self.largest_component)
+                      largest_component=self.largest_component, flip_average=self.flip_average)
         return config
 
     @classmethod

@@ -158,7 +158,8 @@ def build_segmenters(cfg, trainer):
                                        refine_learning_rate=cfg.segment.refine_lr)
         segmenters["encoder"] = Segmenter(inversion, res, largest_component=cfg.segment.largest_component)
     if trainer.unet is not None:
-        segmenters["distilled"] = Segmenter(trainer.unet, res, largest_component=cfg.segment.largest_component)
+        segmenters["distilled"] = Segmenter(trainer.unet, res, largest_component=cfg.segment.largest_component,
+                                            flip_average=cfg.segment.unet_flip_average)
     for segmenter in segmenters.values():
         segmenter.build((None, res, res, 3))
     return segmenters
