@@ -20,23 +20,14 @@ from pathlib import Path
 import click
 
 
-@click.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--steps", default="50,100,150,200", show_default=True, help="Comma-separated refinement steps.")
-@click.option("--eval-seed", default=777, show_default=True, help="Seed of the validation scenes.")
-@click.option("--data", "spec", default=None, help="folder:PATH or tfds:NAME with masks, a validation split "
-              "[default: built-in validation scenes; needs a run on synthetic data].")
-@click.option("--lr", type=float, default=None, help="Refinement step size [default: the run's segment.refine_lr].")
-def main(run_dir, steps, eval_seed, spec, lr):
-    import keras
-
-    import keras_layered  # noqa: F401  (registers the model classes)
+def validation_data(run_dir, spec, eval_seed, network):
+    """(the run's config, {"image", "mask"} validation batches, what they are, the path of the run's
+    segmenter_<network>.keras) for --run / --data / --eval-seed; click.BadParameter for a choice
+    that would look at the reported or the training images."""
     from keras_layered import distribute
     from keras_layered.config import load_config
-    from keras_layered.evaluation import evaluate_segmenter
     from keras_layered.training.build import build_eval_dataset
 
-    run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     if spec is None and cfg.data.source != "synthetic":
         raise click.BadParameter(f"{run_dir} trained on {cfg.data.source}: give its validation images with masks "
@@ -47,9 +38,9 @@ def main(run_dir, steps, eval_seed, spec, lr):
         raise click.BadParameter(f"{eval_seed} is the run's data.eval_seed or data.seed: pick another seed, so that "
                                  "the choice does not look at the reported or the training scenes",
                                  param_hint="--eval-seed")
-    path = run_dir / "segmenter_encoder.keras"
+    path = run_dir / f"segmenter_{network}.keras"
     if not path.is_file():
-        raise click.BadParameter(f"{run_dir} has no segmenter_encoder.keras (segment.encoder was false, or the "
+        raise click.BadParameter(f"{run_dir} has no {path.name} (segment.{network} was false, or the "
                                  "segmentation stage did not finish)", param_hint="--run")
     distribute.set_precision(cfg.distribute.mixed_precision)  # as the run computed
     if spec is None:
@@ -61,6 +52,29 @@ def main(run_dir, steps, eval_seed, spec, lr):
     data = build_eval_dataset(dataclasses.replace(cfg, data=data_config))
     if data is None:
         raise click.BadParameter(f"{spec}: no images with ground-truth masks there", param_hint="--data")
+    return cfg, data, shown, path
+
+
+def validation_options(command):
+    """--run, --eval-seed and --data, as both validation scripts take them."""
+    command = click.option("--data", "spec", default=None, help="folder:PATH or tfds:NAME with masks, a validation "
+                           "split [default: built-in validation scenes; needs a run on synthetic data].")(command)
+    command = click.option("--eval-seed", default=777, show_default=True, help="Seed of the validation scenes.")(command)
+    return click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False,
+                                                                           path_type=Path))(command)
+
+
+@click.command()
+@validation_options
+@click.option("--steps", default="50,100,150,200", show_default=True, help="Comma-separated refinement steps.")
+@click.option("--lr", type=float, default=None, help="Refinement step size [default: the run's segment.refine_lr].")
+def main(run_dir, eval_seed, spec, steps, lr):
+    import keras
+
+    import keras_layered  # noqa: F401  (registers the model classes)
+    from keras_layered.evaluation import evaluate_segmenter
+
+    _, data, shown, path = validation_data(run_dir, spec, eval_seed, "encoder")
     segmenter = keras.saving.load_model(path)
     if lr is not None:
         segmenter.network.refine_learning_rate = lr

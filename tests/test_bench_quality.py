@@ -96,3 +96,15 @@ def test_refine_steps_scores_a_validation_folder_with_the_given_step_size(tiny_r
     assert all(0.0 <= float(row[1]) <= 1.0 and 0.0 <= float(row[2]) <= 1.0 for row in rows)
     result = CliRunner().invoke(main, ["--run", str(tiny_run), "--data", "synthetic"])
     assert result.exit_code == 2 and "the run's training data" in result.output
+
+
+def test_flip_average_scores_the_served_unet_both_ways_on_validation_scenes(tiny_run):
+    main = load_script("bench/flip_average.py").main
+    result = CliRunner().invoke(main, ["--run", str(tiny_run), "--eval-seed", "7"])
+    assert result.exit_code == 0, result.output
+    assert "distilled U-Net on 8 validation scenes (seed 7)" in result.output
+    rows = [line.split() for line in result.output.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["false", "true"]
+    assert all(0.0 <= float(row[1]) <= 1.0 and 0.0 <= float(row[2]) <= 1.0 for row in rows)
+    result = CliRunner().invoke(main, ["--run", str(tiny_run), "--eval-seed", "0"])  # the training scenes' seed
+    assert result.exit_code == 2 and "pick another seed" in result.output
