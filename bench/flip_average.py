@@ -14,13 +14,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import sys
-import time
 from pathlib import Path
 
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refine_steps import validation_data, validation_options  # noqa: E402
+from refine_steps import score_rows, validation_data, validation_options  # noqa: E402
 
 
 @click.command()
@@ -29,20 +28,14 @@ def main(run_dir, eval_seed, spec):
     import keras
 
     import keras_layered  # noqa: F401  (registers the model classes)
-    from keras_layered.evaluation import evaluate_segmenter
     from keras_layered.models.segmenter import Segmenter
 
     cfg, data, shown, path = validation_data(run_dir, spec, eval_seed, "distilled")
     served = keras.saving.load_model(path)
     click.echo(f"{run_dir}: distilled U-Net on {shown}, largest component {served.largest_component}")
-    click.echo(f"{'flip average':>13}{'mean IoU':>10}{'inverted':>10}{'seconds':>9}")
-    for flip_average in (False, True):
-        segmenter = Segmenter(served.network, cfg.data.resolution, largest_component=served.largest_component,
-                              flip_average=flip_average)
-        start = time.perf_counter()
-        scores = evaluate_segmenter(segmenter, data)
-        click.echo(f"{str(flip_average).lower():>13}{scores['mean_iou']:>10.3f}{scores['mean_inverted_iou']:>10.3f}"
-                   f"{time.perf_counter() - start:>9.1f}")
+    score_rows("flip average", ((str(flip).lower(), lambda flip=flip: Segmenter(
+        served.network, cfg.data.resolution, largest_component=served.largest_component, flip_average=flip))
+        for flip in (False, True)), data)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,20 @@ def validation_data(run_dir, spec, eval_seed, network):
     return cfg, data, shown, path
 
 
+def score_rows(heading, variants, data):
+    """One timed row (mean IoU, inverted IoU, seconds) per (label, make_segmenter) of `variants`."""
+    from keras_layered.evaluation import evaluate_segmenter
+
+    width = max(6, len(heading) + 1)
+    click.echo(f"{heading:>{width}}{'mean IoU':>10}{'inverted':>10}{'seconds':>9}")
+    for label, make_segmenter in variants:
+        segmenter = make_segmenter()
+        start = time.perf_counter()
+        scores = evaluate_segmenter(segmenter, data)
+        click.echo(f"{str(label):>{width}}{scores['mean_iou']:>10.3f}{scores['mean_inverted_iou']:>10.3f}"
+                   f"{time.perf_counter() - start:>9.1f}")
+
+
 def validation_options(command):
     """--run, --eval-seed and --data, as both validation scripts take them."""
     command = click.option("--data", "spec", default=None, help="folder:PATH or tfds:NAME with masks, a validation "
@@ -72,21 +86,19 @@ def main(run_dir, eval_seed, spec, steps, lr):
     import keras
 
     import keras_layered  # noqa: F401  (registers the model classes)
-    from keras_layered.evaluation import evaluate_segmenter
 
     _, data, shown, path = validation_data(run_dir, spec, eval_seed, "encoder")
     segmenter = keras.saving.load_model(path)
     if lr is not None:
         segmenter.network.refine_learning_rate = lr
     click.echo(f"{run_dir}: encoder path on {shown}, refinement step size {segmenter.network.refine_learning_rate:g}")
-    click.echo(f"{'steps':>6}{'mean IoU':>10}{'inverted':>10}{'seconds':>9}")
-    for n in (int(s) for s in steps.split(",")):
+
+    def refined(n):
         segmenter.network.refine_steps = n
         segmenter.predict_function = None  # retrace: the step count is part of the graph
-        start = time.perf_counter()
-        scores = evaluate_segmenter(segmenter, data)
-        click.echo(f"{n:>6}{scores['mean_iou']:>10.3f}{scores['mean_inverted_iou']:>10.3f}"
-                   f"{time.perf_counter() - start:>9.1f}")
+        return segmenter
+
+    score_rows("steps", ((n, lambda n=n: refined(n)) for n in (int(s) for s in steps.split(","))), data)
 
 
 if __name__ == "__main__":
