@@ -33,9 +33,10 @@ def main(run_dir, eval_seed, spec):
     cfg, data, shown, path = validation_data(run_dir, spec, eval_seed, "distilled")
     served = keras.saving.load_model(path)
     click.echo(f"{run_dir}: distilled U-Net on {shown}, largest component {served.largest_component}")
-    score_rows("flip average", ((str(flip).lower(), lambda flip=flip: Segmenter(
-        served.network, cfg.data.resolution, largest_component=served.largest_component, flip_average=flip))
-        for flip in (False, True)), data)
+    score_rows("flip average", ((str(flip).lower(), Segmenter(served.network, cfg.data.resolution,
+                                                              largest_component=served.largest_component,
+                                                              flip_average=flip))
+                                for flip in (False, True)), data)
 
 
 if __name__ == "__main__":

@@ -56,13 +56,13 @@ def validation_data(run_dir, spec, eval_seed, network):
 
 
 def score_rows(heading, variants, data):
-    """One timed row (mean IoU, inverted IoU, seconds) per (label, make_segmenter) of `variants`."""
+    """One timed row (mean IoU, inverted IoU, seconds) per (label, segmenter) of `variants`, an
+    iterable consumed one pair at a time (so a generator may set up each segmenter in turn)."""
     from keras_layered.evaluation import evaluate_segmenter
 
     width = max(6, len(heading) + 1)
     click.echo(f"{heading:>{width}}{'mean IoU':>10}{'inverted':>10}{'seconds':>9}")
-    for label, make_segmenter in variants:
-        segmenter = make_segmenter()
+    for label, segmenter in variants:
         start = time.perf_counter()
         scores = evaluate_segmenter(segmenter, data)
         click.echo(f"{str(label):>{width}}{scores['mean_iou']:>10.3f}{scores['mean_inverted_iou']:>10.3f}"
@@ -98,7 +98,7 @@ def main(run_dir, eval_seed, spec, steps, lr):
         segmenter.predict_function = None  # retrace: the step count is part of the graph
         return segmenter
 
-    score_rows("steps", ((n, lambda n=n: refined(n)) for n in (int(s) for s in steps.split(","))), data)
+    score_rows("steps", ((n, refined(n)) for n in (int(s) for s in steps.split(","))), data)
 
 
 if __name__ == "__main__":
