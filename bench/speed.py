@@ -13,6 +13,11 @@ ops it has no count for, such as the shift's einsum, are left out) over the ops 
 that run; branches taken conditionally (the lazy R1 / GP penalty) count 1 / `loss.penalty_every`
 of their FLOPs.
 
+Segmentation stage: one `SegmentationTrainer.train_step` (the networks `segment.*` enables,
+against the GAN's generator, untrained: the cost does not depend on the weights) on the same batch
+of `segment.batch_size` real images, timed as the training iteration; `segment.unet_fraction` and the U-Net's settings
+change it.
+
 Inference: the served segmenter (`segment.serve`, built untrained at that resolution) on a batch of
 float images in [0, 1]: the in-memory Keras model (`predict_on_batch`), the same model exported
 as a SavedModel and loaded back (its `serving_default` signature, as TF Serving runs it) and, with
@@ -186,6 +191,22 @@ def bench_training(cfg, seconds):
     }
 
 
+def bench_segmentation(cfg, generator, seconds):
+    from keras_layered import distribute
+    from keras_layered.training.build import build_dataset, build_segmentation_trainer
+
+    with distribute.make_strategy(cfg.distribute.strategy).scope():
+        trainer = build_segmentation_trainer(cfg, generator)
+    batch = cfg.segment.batch_size
+    data = build_dataset(cfg, batch).take(1).cache().repeat()
+    timed_fit(trainer, data, 2)  # traces the train function
+    probe = timed_fit(trainer, data, 3)[0] / 3
+    steps = int(min(max(seconds / probe, 3), 500))
+    elapsed, cpu = timed_fit(trainer, data, steps)
+    return {"batch_size": batch, "timed_steps": steps, "ms_per_step": 1000 * elapsed / steps, "images_per_s": batch * steps / elapsed,
+            "images_per_cpu_s": batch * steps / cpu}
+
+
 def rates(calls, images, seconds):
     """{name: (images/s, images per CPU second)} of each `calls[name](images)`, after two warm-up
     calls each, taking turns call by call (so that other work on the machine slows all alike),
@@ -250,10 +271,10 @@ def bench_inference(cfg, generator, batch_size, seconds):
 def table(results, peak):
     """The results as rows; "(n)" after a rate is the same rate per CPU second of the process."""
     head = (f"{'px':>4}{'batch':>6}{'train img/s':>17}{'ms/iter':>9}{'GFLOP/iter':>11}{'GFLOP/s':>9}{'% peak':>7}"
-            f"{'infer Keras img/s':>19}{'infer SavedModel img/s':>24}{'infer ONNX img/s':>18}")
+            f"{'segment ms/step':>16}{'infer Keras img/s':>19}{'infer SavedModel img/s':>24}{'infer ONNX img/s':>18}")
     lines = [head]
     for r in results:
-        t, i = r["train"], r["inference"]
+        t, i, g = r["train"], r["inference"], r["segmentation"]
         share = f"{100 * t['gflop_per_s'] / peak:.0f}" if peak else "-"
         train = f"{t['images_per_s']:.0f} ({t['images_per_cpu_s']:.0f})"
         keras_rate = f"{i['keras_images_per_s']:.0f} ({i['keras_images_per_cpu_s']:.0f})"
@@ -261,7 +282,8 @@ def table(results, peak):
         onnx_rate = (f"{i['onnxruntime_images_per_s']:.0f} ({i['onnxruntime_images_per_cpu_s']:.0f})"
                      if "onnxruntime_images_per_s" in i else "-")
         lines.append(f"{r['resolution']:>4}{t['batch_size']:>6}{train:>17}{t['ms_per_iteration']:>9.0f}"
-                     f"{t['gflop_per_iteration']:>11.2f}{t['gflop_per_s']:>9.1f}{share:>7}{keras_rate:>19}{saved_rate:>24}"
+                     f"{t['gflop_per_iteration']:>11.2f}{t['gflop_per_s']:>9.1f}{share:>7}{g['ms_per_step']:>16.0f}"
+                     f"{keras_rate:>19}{saved_rate:>24}"
                      f"{onnx_rate:>18}")
     return "\n".join(lines)
 
@@ -299,9 +321,11 @@ def main(config_path, overrides, resolutions, seconds, infer_batch, peak_gflops,
     for res in [int(r) for r in resolutions.split(",")]:
         cfg = load_config(config_path, [*overrides, f"data.resolution={res}"])
         gan, train = bench_training(cfg, seconds)
+        segmentation = bench_segmentation(cfg, gan.generator_ema, seconds)
         inference = bench_inference(cfg, gan.generator_ema, infer_batch, seconds / 2)
-        results.append({"resolution": res, "train": train, "inference": inference})
-        print(f"{res} px: {train['images_per_s']:.0f} training images/s, inference {inference['keras_images_per_s']:.0f} "
+        results.append({"resolution": res, "train": train, "segmentation": segmentation, "inference": inference})
+        print(f"{res} px: {train['images_per_s']:.0f} training images/s, segmentation stage "
+              f"{segmentation['ms_per_step']:.0f} ms/step, inference {inference['keras_images_per_s']:.0f} "
               f"(Keras) / {inference['saved_model_images_per_s']:.0f} (SavedModel) images/s", flush=True)
         keras.backend.clear_session()
     report = {

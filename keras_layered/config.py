@@ -182,6 +182,8 @@ class SegmentConfig:
     visible_threshold: float = bounded(0.0, ge=0, lt=2, note=": a difference of pixel values in [-1, 1]")
     # U-Net composites: foreground and background colours jittered apart (layers.ColorJitter), this strong
     layer_jitter: float = bounded(0.0, ge=0, le=1)
+    # of each generated batch: the share the U-Net trains on (its step's cost scales with it)
+    unet_fraction: float = bounded(1.0, gt=0, le=1)
     largest_component: bool = False  # served masks: only the largest connected region (one object per image)
     unet_width: int = bounded(32, ge=1)  # U-Net channels at full resolution, doubled per level down (up to unet_max_width)
     unet_depth: int = 3

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from helpers import load_script
 
 TINY = ["model.base_width=16", "model.min_width=8", "model.d_base_width=16", "model.d_min_width=8",
-        "train.batch_size=8", "segment.unet_width=4", "segment.unet_depth=2", "loss.penalty_every=4"]
+        "train.batch_size=8", "segment.batch_size=4", "segment.unet_width=4", "segment.unet_depth=2", "loss.penalty_every=4"]
 
 
 def test_graph_flops_of_a_matmul_a_conditional_one_and_an_unused_one():
@@ -63,6 +63,7 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     result = CliRunner().invoke(speed.main, args + [a for o in TINY for a in ("--set", o)])
     assert result.exit_code == 0, result.output
     assert "train img/s" in result.output and "infer SavedModel img/s" in result.output
+    assert "segment ms/step" in result.output
     report = json.loads(out.read_text())
     assert report["peak_gflops"] is None or report["peak_gflops"] > 0
     kernels = report["kernels"]
@@ -75,6 +76,9 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     assert 0 < train["gflop_per_iteration_penalty_branch"] / 4 < train["gflop_per_iteration"]
     assert train["gflop_per_s"] == pytest.approx(train["gflop_per_iteration"] * 1000 / train["ms_per_iteration"])
     assert train["images_per_s"] > 0 and inference["keras_images_per_s"] > 0
+    segmentation = row["segmentation"]
+    assert segmentation["batch_size"] == 4 and segmentation["timed_steps"] >= 3 and segmentation["ms_per_step"] > 0
+    assert segmentation["images_per_s"] == pytest.approx(4 * 1000 / segmentation["ms_per_step"])
     assert inference["saved_model_images_per_s"] > 0 and inference["method"] == "distilled"
 
 

@@ -156,6 +156,42 @@ def test_shifted_fraction_keeps_an_unshifted_image_in_graph_mode():
     assert build_segmentation_trainer(tiny_config(shifted_fraction=0.25), generator()).shifted_fraction == 0.25
 
 
+def test_unet_fraction_trains_the_unet_on_the_first_rows_of_the_generated_batch(monkeypatch):
+    """unet_fraction 0.5 of a batch of 4: the U-Net's loss sees the composites and targets of the
+    first 2 latents only (ceil, so 0.3 still gives 2 rows), shifted as at fraction 1."""
+    from keras_layered.training import segmentation
+
+    seen = []
+
+    def loss_spy(logits, target):
+        seen.append((keras.ops.convert_to_numpy(logits), keras.ops.convert_to_numpy(target)))
+        return keras.ops.mean(logits) * 0.0
+
+    monkeypatch.setattr(segmentation.losses, "mask_cross_entropy_from_logits", loss_spy)
+    g = generator()
+    runs = {}
+    for fraction in (1.0, 0.5, 0.3):
+        keras.utils.set_random_seed(0)  # the same U-Net weights in each
+        t = trainer(g, encoder=False, unet_fraction=fraction)
+        t.random_shift = lambda tensors, training: tensors  # no shift: targets comparable across runs
+        t.compile(None, t.unet_optimizer, run_eagerly=True)
+        t.fit(real_images(), steps_per_epoch=1, epochs=1, verbose=0)
+        runs[fraction] = seen.pop()
+    full_logits, full_target = runs[1.0]
+    assert full_logits.shape == full_target.shape == (BATCH, RES, RES, 1)
+    for fraction in (0.5, 0.3):
+        logits, target = runs[fraction]
+        assert logits.shape == target.shape == (2, RES, RES, 1)
+        np.testing.assert_allclose(target, full_target[:2])  # the same latents' first rows
+        np.testing.assert_allclose(logits, full_logits[:2], atol=1e-5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"unet_fraction must be in \(0, 1\]"):
+            trainer(g, encoder=False, unet_fraction=bad)
+    assert build_segmentation_trainer(tiny_config(unet_fraction=0.5), generator()).unet_fraction == 0.5
+    with pytest.raises(ConfigError, match="unet_fraction"):
+        tiny_config(unet_fraction=0.0)
+
+
 def test_encoder_learns_to_invert_the_generator():
     """Latent regression on generated images alone drives ||E(G(z)) - z|| down."""
     from keras_layered.layers import composite

@@ -133,6 +133,7 @@ def build_segmentation_trainer(cfg, generator):
         visible_threshold=s.visible_threshold,
         layer_jitter=s.layer_jitter,
         shifted_fraction=s.shifted_fraction,
+        unet_fraction=s.unet_fraction,
         seed=cfg.train.seed,
     )
 

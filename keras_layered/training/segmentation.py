@@ -57,6 +57,8 @@ class SegmentationTrainer(keras.Model):
         shifted_fraction: fraction of the encoder's generated images that are shifted, in [0, 1).
         visible_threshold: see `distillation_target` (0 = the mask alone).
         layer_jitter: strength of the U-Net composites' per-layer colour jitter (0 = off).
+        unet_fraction: fraction of the generated batch the U-Net trains on (its first rows), in
+            (0, 1]: below 1 its step is that much cheaper, with the same number of updates.
         seed: seed of z sampling and the shift.
     """
 
@@ -65,13 +67,16 @@ class SegmentationTrainer(keras.Model):
                  feature_extractor=None, perceptual_weight=SegmentConfig.perceptual_weight,
                  max_shift=PerturbConfig.max_shift, visible_threshold=SegmentConfig.visible_threshold,
                  shifted_fraction=SegmentConfig.shifted_fraction, layer_jitter=SegmentConfig.layer_jitter,
-                 seed=None, **kwargs):
+                 unet_fraction=SegmentConfig.unet_fraction, seed=None, **kwargs):
         super().__init__(**kwargs)
         if encoder is None and unet is None:
             raise ValueError("SegmentationTrainer: give an encoder, a unet or both.")
         if not 0.0 <= shifted_fraction < 1.0:
             raise ValueError(f"SegmentationTrainer: shifted_fraction must be in [0, 1) (the rest trains the latent "
                              f"regression), got {shifted_fraction!r}.")
+        if not 0.0 < unet_fraction <= 1.0:
+            raise ValueError(f"SegmentationTrainer: unet_fraction must be in (0, 1] (the share of each generated "
+                             f"batch the U-Net trains on), got {unet_fraction!r}.")
         self.generator = generator
         self.generator.trainable = False
         self.encoder = encoder
@@ -86,6 +91,7 @@ class SegmentationTrainer(keras.Model):
         self.perceptual_weight = perceptual_weight if feature_extractor is not None else 0.0
         self.visible_threshold = visible_threshold
         self.shifted_fraction = shifted_fraction
+        self.unet_fraction = unet_fraction
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.random_shift = RandomShift(max_shift, seed=None if seed is None else seed + 1, name="random_shift")
         self.layer_jitter = ColorJitter(layer_jitter, seed=None if seed is None else seed + 2, name="layer_jitter")
@@ -139,6 +145,10 @@ class SegmentationTrainer(keras.Model):
         if self.encoder is not None:
             terms.update(self._encoder_step(real, z, layers))
         if self.unet is not None:
+            if self.unet_fraction < 1.0:
+                # ceil: at least one row. Under tf.distribute, the first of each replica's rows.
+                rows = tf.cast(tf.math.ceil(self.unet_fraction * tf.cast(batch_size, "float32")), "int32")
+                layers = {name: value[:rows] for name, value in layers.items()}
             # The perturbation of the GAN stage: the composites the discriminator judged realistic.
             foreground, mask = self.random_shift([layers["foreground"], layers["mask"]], training=True)
             target = distillation_target(mask, foreground, layers["background"], self.visible_threshold)
