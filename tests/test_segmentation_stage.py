@@ -158,7 +158,8 @@ def test_shifted_fraction_keeps_an_unshifted_image_in_graph_mode():
 
 def test_unet_fraction_trains_the_unet_on_the_first_rows_of_the_generated_batch(monkeypatch):
     """unet_fraction 0.5 of a batch of 4: the U-Net's loss sees the composites and targets of the
-    first 2 latents only (ceil, so 0.3 still gives 2 rows), shifted as at fraction 1."""
+    first 2 latents only (ceil, so 0.3 still gives 2 rows); the shift is an identity here, so that
+    the rows compare across fractions."""
     from keras_layered.training import segmentation
 
     seen = []
@@ -190,6 +191,39 @@ def test_unet_fraction_trains_the_unet_on_the_first_rows_of_the_generated_batch(
     assert build_segmentation_trainer(tiny_config(unet_fraction=0.5), generator()).unet_fraction == 0.5
     with pytest.raises(ConfigError, match="unet_fraction"):
         tiny_config(unet_fraction=0.0)
+
+
+def test_unet_fraction_leaves_the_encoder_bit_identical_and_trains_in_graph_mode(monkeypatch):
+    """The encoder's half of the step, and its random draws, do not depend on the U-Net's rows; a
+    compiled fit at 0.3 trains the U-Net to a finite loss. A batch of 50 at 0.3 gives 15 rows, not
+    the 16 a float32 ceil of 0.3 x 50 gives."""
+    from keras_layered.training import segmentation
+
+    g = generator()
+    encoders, unets = {}, {}
+    for fraction in (1.0, 0.5):
+        keras.utils.set_random_seed(0)
+        t = trainer(g, unet_fraction=fraction)
+        t.fit(real_images(), steps_per_epoch=2, epochs=1, verbose=0)
+        encoders[fraction], unets[fraction] = weights(t.encoder), weights(t.unet)
+    for a, b in zip(encoders[1.0], encoders[0.5]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(unets[1.0], unets[0.5]))
+    t = trainer(g, encoder=False, unet_fraction=0.3)
+    logs = t.fit(real_images(), steps_per_epoch=2, epochs=1, verbose=0).history
+    assert np.isfinite(logs["unet_loss"][-1]) and logs["unet_loss"][-1] > 0
+
+    rows = []
+
+    def loss_spy(logits, target):
+        rows.append(int(logits.shape[0]))
+        return keras.ops.mean(logits) * 0.0
+
+    monkeypatch.setattr(segmentation.losses, "mask_cross_entropy_from_logits", loss_spy)
+    t.compile(None, t.unet_optimizer, run_eagerly=True)
+    batch = np.random.default_rng(1).uniform(-1, 1, (50, RES, RES, 3)).astype("float32")
+    t.fit(tf.data.Dataset.from_tensors(batch).repeat(), steps_per_epoch=1, epochs=1, verbose=0)
+    assert rows == [15]
 
 
 def test_encoder_learns_to_invert_the_generator():

@@ -146,8 +146,10 @@ class SegmentationTrainer(keras.Model):
             terms.update(self._encoder_step(real, z, layers))
         if self.unet is not None:
             if self.unet_fraction < 1.0:
-                # ceil: at least one row. Under tf.distribute, the first of each replica's rows.
-                rows = tf.cast(tf.math.ceil(self.unet_fraction * tf.cast(batch_size, "float32")), "int32")
+                # ceil (at least one row), in float64 less a hair so that an exact product such as
+                # 0.3 x 50 is not rounded up. Under tf.distribute, the first of each replica's rows.
+                share = self.unet_fraction * tf.cast(batch_size, "float64") - 1e-9
+                rows = tf.cast(tf.math.ceil(share), "int32")
                 layers = {name: value[:rows] for name, value in layers.items()}
             # The perturbation of the GAN stage: the composites the discriminator judged realistic.
             foreground, mask = self.random_shift([layers["foreground"], layers["mask"]], training=True)
