@@ -89,6 +89,7 @@ def test_train_on_a_folder_starts_from_the_photo_recipe(tmp_path):
     assert (printed["train"]["steps"], printed["segment"]["steps"]) == (3500, 1500)  # synthetic.yaml: 4000, 1000
     assert printed["segment"]["layer_jitter"] == 0.6  # synthetic.yaml: 0 (off)
     assert printed["segment"]["unet_flip_average"] is True  # the built-in default: False
+    assert printed["segment"]["reconstruction_weight"] == 0.0  # the built-in default: 1
     # Without --out the run is named after the data, as with any recipe.
     assert cli._default_run_dir(None, [f"data.source=folder:{photos}"]) == "runs/my_photos"
     assert cli._default_run_dir(None, []) == "runs/synthetic"
