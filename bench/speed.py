@@ -14,9 +14,9 @@ that run; branches taken conditionally (the lazy R1 / GP penalty) count 1 / `los
 of their FLOPs.
 
 Segmentation stage: one `SegmentationTrainer.train_step` (the networks `segment.*` enables,
-against the GAN's generator, untrained: the cost does not depend on the weights) on the same batch
-of `segment.batch_size` real images, timed as the training iteration; `segment.unet_fraction` and the U-Net's settings
-change it.
+against the GAN's generator, untrained: the cost does not depend on the weights) on one batch of
+`segment.batch_size` real images held in memory, timed as the training iteration;
+`segment.unet_fraction` and the U-Net's settings change it.
 
 Inference: the served segmenter (`segment.serve`, built untrained at that resolution) on a batch of
 float images in [0, 1]: the in-memory Keras model (`predict_on_batch`), the same model exported
@@ -159,6 +159,15 @@ def timed_fit(model, data, steps):
     return clock.end[0] - clock.start[0], clock.end[1] - clock.start[1]
 
 
+def timed_steps(model, data, seconds):
+    """(steps, wall seconds, CPU seconds) of about `seconds` of `model`'s training steps (3 to
+    500), after a call that traces the train function and a 3-step probe of the step's cost."""
+    timed_fit(model, data, 2)
+    probe = timed_fit(model, data, 3)[0] / 3
+    steps = int(min(max(seconds / probe, 3), 500))
+    return (steps, *timed_fit(model, data, steps))
+
+
 def bench_training(cfg, seconds):
     import tensorflow as tf
 
@@ -172,10 +181,7 @@ def bench_training(cfg, seconds):
     always, conditional = graph_flops(
         tf.function(gan.train_step).get_concrete_function(tf.TensorSpec(batch.shape, batch.dtype)).graph)
     flops = always + conditional / cfg.loss.penalty_every
-    timed_fit(gan, data, 2)  # traces the train function
-    probe = timed_fit(gan, data, 3)[0] / 3
-    steps = int(min(max(seconds / probe, 3), 500))
-    elapsed, cpu = timed_fit(gan, data, steps)
+    steps, elapsed, cpu = timed_steps(gan, data, seconds)
     per_step = elapsed / steps
     return gan, {
         "batch_size": int(batch.shape[0]),
@@ -199,12 +205,9 @@ def bench_segmentation(cfg, generator, seconds):
         trainer = build_segmentation_trainer(cfg, generator)
     batch = cfg.segment.batch_size
     data = build_dataset(cfg, batch).take(1).cache().repeat()
-    timed_fit(trainer, data, 2)  # traces the train function
-    probe = timed_fit(trainer, data, 3)[0] / 3
-    steps = int(min(max(seconds / probe, 3), 500))
-    elapsed, cpu = timed_fit(trainer, data, steps)
-    return {"batch_size": batch, "timed_steps": steps, "ms_per_step": 1000 * elapsed / steps, "images_per_s": batch * steps / elapsed,
-            "images_per_cpu_s": batch * steps / cpu}
+    steps, elapsed, cpu = timed_steps(trainer, data, seconds)
+    return {"batch_size": batch, "timed_steps": steps, "ms_per_step": 1000 * elapsed / steps,
+            "images_per_s": batch * steps / elapsed, "images_per_cpu_s": batch * steps / cpu}
 
 
 def rates(calls, images, seconds):
