@@ -1,6 +1,6 @@
 """A picture of a run's segmentations: held-out scenes (or images with masks of a folder or
-dataset), their true masks, and the masks of each segmenter the run trained (the encoder path,
-the distilled U-Net).
+dataset), their true masks, and the masks of each segmenter the run has (the encoder path, the
+distilled U-Net, and the ensemble of both where `segment.serve` is ensemble).
 
     python bench/mask_figure.py --run runs/default --out docs/default_run_masks.png
     python bench/mask_figure.py --run runs/photos --data folder:data/photos32/test --stride 61 --out photos.png
@@ -51,7 +51,7 @@ def main(run_dir, out_path, spec, scenes, stride, zoom):
     images = np.round((data["image"].numpy() + 1.0) * 127.5).astype("uint8")
     columns = [images, np.repeat(data["mask"].numpy() * 255, 3, axis=-1).astype("uint8")]
     names = ["image", "true mask"]
-    for method in ("encoder", "distilled"):
+    for method in ("encoder", "distilled", "ensemble"):
         path = run_dir / f"segmenter_{method}.keras"
         if path.is_file():
             masks = keras.saving.load_model(path).predict(images, verbose=0)

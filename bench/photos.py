@@ -33,7 +33,7 @@ from keras_layered.config import ConfigError, load_config  # noqa: E402
 from keras_layered.recipes import resolve_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"encoder": "encoder path", "distilled": "distilled"}
+METHODS = {"encoder": "encoder path", "distilled": "distilled", "ensemble": "ensemble"}  # those a run has
 DISC_AREA = 0.20
 
 

@@ -159,8 +159,10 @@ class SegmentConfig:
 
     encoder: bool = True  # train the paper's encoder (image -> z -> frozen generator -> mask)
     distilled: bool = True  # train a U-Net on the generator's (composite, mask) pairs (beyond the paper)
-    # which one `segmenter.keras` and `export` use: "distilled" or "encoder"
-    serve: str = choice("distilled", "encoder")
+    # which one `segmenter.keras` and `export` use: "distilled", "encoder", or "ensemble" (both
+    # networks' masks averaged, segment.ensemble_encoder_share)
+    serve: str = choice("distilled", "encoder", "ensemble")
+    ensemble_encoder_share: float = bounded(0.3, ge=0, le=1)  # the encoder path's weight in it, the U-Net's the rest
     steps: int = bounded(1000, ge=1)
     steps_per_epoch: int = bounded(250, ge=1)
     batch_size: int = bounded(64, ge=1)
@@ -190,6 +192,7 @@ class SegmentConfig:
     unet_max_width: int = bounded(0, ge=0, note=" (0 = no cap)")  # U-Net channels never above this
     unet_low_res_upconv: bool = False  # U-Net decoder: up-convolution before the x2 repeat (4x cheaper)
     unet_flip_average: bool = False  # served U-Net masks: mean over the image and its mirror image (2x its cost)
+    encoder_flip_average: bool = False  # encoder-path masks: the same (2x its cost, refinement included)
     checkpoint_every: int = bounded(250, ge=1)
 
 
@@ -236,6 +239,10 @@ def _check_fields(section, prefix=""):
             raise ConfigError(f"{key} must be {field.metadata['expected']}, got {value!r}")
 
 
+# segment.serve -> the networks (segment.encoder / segment.distilled) that segmenter is made of
+_SERVED_NETWORKS = {"distilled": ("distilled",), "encoder": ("encoder",), "ensemble": ("encoder", "distilled")}
+
+
 def _check_rules(cfg):
     """Rules between fields, after each field's own; raises ConfigError naming the key."""
     rules = [
@@ -254,8 +261,9 @@ def _check_rules(cfg):
          ">= 1 with data.resolution divisible by 2**depth"),
         ("segment.unet_max_width", cfg.segment.unet_max_width == 0 or cfg.segment.unet_max_width >= cfg.segment.unet_width,
          "0 (no cap) or >= segment.unet_width"),
-        ("segment.serve", getattr(cfg.segment, cfg.segment.serve),
-         "a network the stage trains (segment.encoder / segment.distilled is false)"),
+        ("segment.serve", all(getattr(cfg.segment, network) for network in _SERVED_NETWORKS[cfg.segment.serve]),
+         "a segmenter of the networks the stage trains (segment.encoder / segment.distilled is false; "
+         "ensemble needs both)"),
         ("segment.encoder", cfg.segment.encoder or cfg.segment.distilled,
          "true, or segment.distilled true: the stage needs a network to train"),
         ("segment.perceptual_weights", cfg.segment.perceptual_weight == 0 or cfg.segment.perceptual_weights,

@@ -37,7 +37,9 @@ def test_photo_bench_writes_the_data_trains_and_scores_the_split(tmp_path):
     report = json.loads((tmp_path / "out" / "photos.json").read_text())
     assert report["split"] == "validation" and "oneDNN" in report["cpu"]
     methods = [(r["variant"], r["method"]) for r in report["rows"]]
-    assert methods == [("-", "centred disc (20%)"), ("mixed", "encoder path"), ("mixed", "distilled")]
+    # The photo recipe serves the ensemble of both: its own row.
+    assert methods == [("-", "centred disc (20%)"), ("mixed", "encoder path"), ("mixed", "distilled"),
+                       ("mixed", "ensemble")]
     config = (tmp_path / "out" / "mixed_seed0" / "config.yaml").read_text()
     assert "background_mixing: 1.0" in config and "binarization_weight: 0.4" in config
     for row in report["rows"]:
@@ -46,17 +48,17 @@ def test_photo_bench_writes_the_data_trains_and_scores_the_split(tmp_path):
     assert scores["num_images"] == 6 and scores["data"].endswith("validation")
     assert "inverted" in result.output and "centred disc" in result.output
 
-    # The figure of that run on the same split: image, true mask, encoder, distilled per row.
+    # The figure of that run on the same split: image, true mask, encoder, distilled, ensemble per row.
     figure = tmp_path / "masks.png"
     result = CliRunner().invoke(load_script("bench/mask_figure.py").main, [
         "--run", str(tmp_path / "out" / "mixed_seed0"), "--data", f"folder:{data}/validation", "--scenes", "4",
         "--zoom", "1", "--out", str(figure)])
     assert result.exit_code == 0, result.output
-    assert "image, true mask, encoder, distilled" in result.output
+    assert "image, true mask, encoder, distilled, ensemble" in result.output
     from PIL import Image
 
     grid = np.asarray(Image.open(figure))
-    assert grid.shape == (4 * 8, 4 * 8 + 3, 3)
+    assert grid.shape == (4 * 8, 5 * 8 + 4, 3)
     true_masks = grid[:, 9:17]
     assert set(np.unique(true_masks)) == {0, 255}
     # The true-mask column holds the split's masks: each row's object covers 8-30 % of its image.

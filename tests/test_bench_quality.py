@@ -108,3 +108,44 @@ def test_flip_average_scores_the_served_unet_both_ways_on_validation_scenes(tiny
     assert all(0.0 <= float(row[1]) <= 1.0 and 0.0 <= float(row[2]) <= 1.0 for row in rows)
     result = CliRunner().invoke(main, ["--run", str(tiny_run), "--eval-seed", "0"])  # the training scenes' seed
     assert result.exit_code == 2 and "pick another seed" in result.output
+
+
+def test_ensemble_scores_both_mirror_averages_and_each_share_on_validation_scenes(tiny_run):
+    main = load_script("bench/ensemble.py").main
+    result = CliRunner().invoke(main, ["--run", str(tiny_run), "--eval-seed", "7", "--shares", "0,0.5,1"])
+    assert result.exit_code == 0, result.output
+    assert "segmenters on 8 validation scenes (seed 7)" in result.output
+    lines = result.output.splitlines()
+    headings = [i for i, line in enumerate(lines) if "mean IoU" in line]
+    assert len(headings) == 3 and "encoder mirror average" in lines[headings[0]]
+    rows = [[line.split() for line in lines[a + 1:b]] for a, b in zip(headings, [*headings[1:], len(lines)])]
+    assert [row[0] for row in rows[0]] == ["false", "true"]
+    assert [row[0] for row in rows[1]] == [row[0] for row in rows[2]] == ["0.0", "0.5", "1.0"]
+    # Share 1 is the encoder path alone, share 0 the U-Net alone: the same scores as those segmenters.
+    assert rows[1][2][1:3] == rows[0][0][1:3] and rows[2][2][1:3] == rows[0][1][1:3]
+    assert rows[1][0][1:3] == rows[2][0][1:3]
+    result = CliRunner().invoke(main, ["--run", str(tiny_run), "--eval-seed", "7", "--shares", "0,2"])
+    assert result.exit_code == 2 and "numbers in [0, 1]" in result.output
+
+
+def test_ensemble_save_writes_the_served_ensemble_of_a_runs_two_segmenters(tiny_run, tmp_path):
+    import shutil
+
+    import keras
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    result = CliRunner().invoke(load_script("bench/ensemble.py").main, ["--run", str(run_dir), "--save", "0.25"])
+    assert result.exit_code == 0, result.output
+    load = lambda name: keras.saving.load_model(run_dir / name)  # noqa: E731
+    ensemble, unet, encoder = load("segmenter_ensemble.keras"), load("segmenter_distilled.keras"), load(
+        "segmenter_encoder.keras")
+    assert ensemble.network.shares == [0.75, 0.25]
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3)).astype("uint8")
+    expected = 0.75 * unet.network.predict(images / 127.5 - 1, verbose=0) + 0.25 * encoder.network.predict(
+        images / 127.5 - 1, verbose=0)["mask"]
+    assert not (unet.flip_average or encoder.flip_average or ensemble.largest_component)  # the library defaults
+    np.testing.assert_allclose(ensemble.predict(images, verbose=0), expected, atol=1e-5)
+    (run_dir / "segmenter_encoder.keras").unlink()
+    result = CliRunner().invoke(load_script("bench/ensemble.py").main, ["--run", str(run_dir), "--save", "0.25"])
+    assert result.exit_code == 2 and "has no segmenter_encoder.keras" in result.output

@@ -207,6 +207,38 @@ def test_onnx_export_refuses_latent_refinement_naming_the_alternatives(tmp_path)
     assert not (tmp_path / "onnx").exists()
 
 
+def test_onnx_export_refuses_an_ensemble_whose_encoder_path_refines(tmp_path):
+    pytest.importorskip("tf2onnx")
+    from keras_layered.export import export_onnx
+    from keras_layered.models import Encoder, GeneratorInversion, LayeredGenerator, MaskEnsemble, UNet
+
+    inversion = GeneratorInversion(Encoder(RES, 4, base_width=16, min_width=8, hidden_dim=16),
+                                   LayeredGenerator(RES, 4, base_width=16, min_width=8), refine_steps=5)
+    ensemble = Segmenter(MaskEnsemble([UNet(RES, width=4, depth=2), inversion], [0.5, 0.5]), RES)
+    with pytest.raises(ValueError, match=r"5 gradient steps \(segment.refine_steps\)"):
+        export_onnx(ensemble, tmp_path / "onnx")
+
+
+@pytest.mark.skipif(not HAVE_ONNX, reason="the onnx extra (tf2onnx, onnxruntime) is not installed")
+def test_onnx_export_of_an_ensemble_matches_its_masks(tmp_path):
+    import onnxruntime
+
+    from keras_layered.export import export_onnx
+    from keras_layered.models import Encoder, GeneratorInversion, LayeredGenerator, MaskEnsemble, UNet
+
+    keras.utils.set_random_seed(0)
+    inversion = GeneratorInversion(Encoder(RES, 4, base_width=16, min_width=8, hidden_dim=16),
+                                   LayeredGenerator(RES, 4, base_width=16, min_width=8), refine_steps=0)
+    ensemble = Segmenter(MaskEnsemble([UNet(RES, width=4, depth=2), inversion], [0.7, 0.3],
+                                      flip_average=[True, True]), RES, largest_component=True)
+    ensemble.build((None, RES, RES, 3))
+    paths = export_onnx(ensemble, tmp_path / "onnx", dtypes=("uint8",))
+    images = np.random.default_rng(3).integers(0, 256, (4, RES, RES, 3)).astype("uint8")
+    session = onnxruntime.InferenceSession(str(paths["uint8"]), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["mask"], {"images": images})[0], ensemble.predict(images, verbose=0),
+                               atol=1e-5)
+
+
 @pytest.mark.skipif(not HAVE_ONNX, reason="the onnx extra (tf2onnx, onnxruntime) is not installed")
 def test_onnx_export_of_a_mixed_precision_segmenter_computes_in_float32(tmp_path):
     """onnxruntime has no bfloat16 convolutions on CPU: a model trained under mixed_bfloat16 (the

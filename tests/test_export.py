@@ -9,10 +9,10 @@ import tensorflow as tf
 
 from keras_layered.export import describe_signatures, export_run
 from keras_layered.layers import LargestComponent, composite
-from keras_layered.models import Encoder, GeneratorInversion, LayeredGenerator, Segmenter, UNet
+from keras_layered.models import Encoder, GeneratorInversion, LayeredGenerator, MaskEnsemble, Segmenter, UNet
 
 RES, LATENT = 8, 4
-KINDS = ("unet", "inversion", "refined", "largest")
+KINDS = ("unet", "inversion", "refined", "largest", "ensemble")
 GENERATOR_KEYS = ("composite", "background", "foreground", "mask")
 
 
@@ -43,6 +43,12 @@ def segmenters(generator):
         # averaged over the mirror image).
         "largest": Segmenter(UNet(RES, width=8, depth=2, max_width=8, low_res_upconv=True), RES,
                              largest_component=True, flip_average=True),
+        # segment.serve: ensemble, as the photo recipe serves it.
+        "ensemble": Segmenter(
+            MaskEnsemble([UNet(RES, width=8, depth=1),
+                          GeneratorInversion(Encoder(RES, LATENT, base_width=16, min_width=8, hidden_dim=16),
+                                             generator, refine_steps=0)],
+                         [0.7, 0.3], flip_average=[True, True]), RES, largest_component=True),
     }
 
 

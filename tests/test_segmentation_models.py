@@ -12,6 +12,7 @@ from keras_layered.layers import LargestComponent
 from keras_layered.models.encoder import Encoder
 from keras_layered.models.generator_inversion import GeneratorInversion
 from keras_layered.models.layered_generator import LayeredGenerator
+from keras_layered.models.mask_ensemble import MaskEnsemble
 from keras_layered.models.segmenter import Segmenter
 from keras_layered.models.unet import UNet
 
@@ -81,6 +82,8 @@ def unet():
 def segmenters(inversion):
     keras.utils.set_random_seed(3)
     segmenters = {"unet": Segmenter(UNet(RES, width=4, depth=2), RES), "inversion": Segmenter(inversion, RES)}
+    segmenters["ensemble"] = Segmenter(MaskEnsemble([segmenters["unet"].network, inversion], [0.6, 0.4],
+                                                    flip_average=[True, False]), RES, largest_component=True)
     for segmenter in segmenters.values():
         segmenter(uint8_images(1))
     return segmenters
@@ -331,7 +334,7 @@ def test_segmenter_reads_each_float_image_by_its_own_peak():
     np.testing.assert_allclose(out[4], np.array([0.0, 0.5, 1.0, 0.25]) * 2.5 * 2 / 255 - 1, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["unet", "inversion"])
+@pytest.mark.parametrize("kind", ["unet", "inversion", "ensemble"])
 def test_segmenter_masks_shape_range_and_dtype_agreement(segmenters, kind):
     segmenter = segmenters[kind]
     x = uint8_images(4, seed=11)
@@ -399,6 +402,68 @@ def test_segmenter_flip_average_is_the_mean_over_the_mirror_image_and_survives_s
     loaded = keras.saving.load_model(tmp_path / "segmenter.keras")
     assert loaded.flip_average is True
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5)
+
+
+@keras.saving.register_keras_serializable(package="keras_layered_tests")
+class DictOfConstant(keras.layers.Layer):
+    """{"mask": this constant everywhere}, as a GeneratorInversion returns its mask in a dict."""
+
+    def __init__(self, value, **kwargs):
+        super().__init__(**kwargs)
+        self.value = value
+
+    def call(self, images):
+        return {"mask": keras.ops.ones_like(images[..., :1]) * self.value, "latent": images[:, 0, 0]}
+
+    def get_config(self):
+        return {**super().get_config(), "value": self.value}
+
+
+def test_mask_ensemble_is_the_weighted_mean_with_each_members_mirror_average(tmp_path):
+    x = uint8_images(3, seed=16)
+    channel = x[..., :1].astype("float64") / 255.0
+    ramp = np.linspace(0.0, 1.0, RES).reshape(1, 1, RES, 1)
+    ensemble = MaskEnsemble([ColumnRamp(), ColumnRamp(), DictOfConstant(0.5)], [0.5, 0.3, 0.2],
+                            flip_average=[True, False, True])
+    # 0.5 * the ramp's mirror average (channel / 2 everywhere) + 0.3 * the plain ramp + 0.2 * 0.5
+    expected = 0.5 * channel * 0.5 + 0.3 * channel * ramp + 0.1
+    segmenter = Segmenter(ensemble, RES)
+    np.testing.assert_allclose(numpy(segmenter(x)), expected, atol=1e-5)
+    segmenter.save(tmp_path / "ensemble.keras")
+    loaded = keras.saving.load_model(tmp_path / "ensemble.keras")
+    assert isinstance(loaded.network, MaskEnsemble)
+    assert loaded.network.shares == [0.5, 0.3, 0.2] and loaded.network.flip_average == [True, False, True]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5)
+
+
+def test_mask_ensemble_of_the_two_segmenters_matches_their_masks(segmenters):
+    x = uint8_images(4, seed=17)
+    unet, inversion = segmenters["unet"], segmenters["inversion"]
+    mirrored = numpy(unet(x[:, :, ::-1]))[:, :, ::-1]
+    expected = LargestComponent()(0.6 * (numpy(unet(x)) + mirrored) / 2.0 + 0.4 * numpy(inversion(x)))
+    np.testing.assert_allclose(numpy(segmenters["ensemble"](x)), numpy(expected), atol=1e-5)
+
+
+def test_mask_ensemble_config_round_trip_and_refine_steps_of_its_members(inversion):
+    ensemble = MaskEnsemble([ColumnRamp(), inversion], [0.75, 0.25], flip_average=[False, True])
+    clone = MaskEnsemble.from_config(ensemble.get_config())
+    assert clone.shares == [0.75, 0.25] and clone.flip_average == [False, True]
+    assert [type(n) for n in clone.networks] == [ColumnRamp, GeneratorInversion]
+    assert ensemble.refine_steps == 0
+    refining = GeneratorInversion(inversion.encoder, inversion.generator, refine_steps=7)
+    assert MaskEnsemble([ColumnRamp(), refining], [0.5, 0.5]).refine_steps == 7
+    assert MaskEnsemble([ColumnRamp()], [1.0]).flip_average == [False]
+
+
+@pytest.mark.parametrize("shares, flips, message", [
+    ([0.5, 0.4], None, "sum to 1"),
+    ([1.5, -0.5], None, "lie in \\[0, 1\\]"),
+    ([1.0], None, "one share and one flip_average per network, got 2 networks, 1 shares"),
+    ([0.5, 0.5], [True], "2 networks, 2 shares and 1 flip_average"),
+])
+def test_mask_ensemble_bad_shares_raise_naming_the_problem(shares, flips, message):
+    with pytest.raises(ValueError, match=message):
+        MaskEnsemble([ColumnRamp(), ColumnRamp()], shares, flip_average=flips)
 
 
 BAD_SHAPES = {"rgba": (2, RES, RES, 4), "no_batch_axis": (RES, RES, 3), "wrong_size": (2, 2 * RES, 2 * RES, 3),

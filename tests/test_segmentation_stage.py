@@ -18,6 +18,7 @@ from PIL import Image
 from keras_layered.config import ConfigError, config_from_dict, load_config
 from keras_layered.models.encoder import Encoder
 from keras_layered.models.layered_generator import LayeredGenerator
+from keras_layered.models.mask_ensemble import MaskEnsemble
 from keras_layered.models.unet import UNet
 from keras_layered.training import run as run_module
 from keras_layered.training.build import build_segmentation_trainer, build_segmenters
@@ -384,10 +385,28 @@ def test_segmenters_keep_the_largest_region_as_configured(largest):
         assert (segmenter.keep_largest is not None) is largest
 
 
+def test_encoder_flip_average_and_the_ensemble_are_built_as_configured():
+    cfg = tiny_config(encoder_flip_average=True, serve="ensemble", ensemble_encoder_share=0.25)
+    trainer_ = build_segmentation_trainer(cfg, generator())
+    segmenters = build_segmenters(cfg, trainer_)
+    assert set(segmenters) == {"encoder", "distilled", "ensemble"}
+    assert segmenters["encoder"].flip_average is True and segmenters["distilled"].flip_average is False
+    ensemble = segmenters["ensemble"].network
+    assert ensemble.shares == [0.75, 0.25] and ensemble.flip_average == [False, True]
+    assert ensemble.networks[0] is trainer_.unet and ensemble.networks[1].encoder is trainer_.encoder
+    assert segmenters["ensemble"].flip_average is False  # the members average their own mirror images
+    assert set(build_segmenters(tiny_config(), trainer_)) == {"encoder", "distilled"}  # only when served
+
+
 def test_served_network_must_be_trained():
     with pytest.raises(ConfigError, match="segment.serve"):
         tiny_config(distilled=False)  # serve defaults to distilled
     assert tiny_config(distilled=False, serve="encoder").segment.serve == "encoder"
+    for missing in ("encoder", "distilled"):
+        with pytest.raises(ConfigError, match="ensemble needs both"):
+            tiny_config(serve="ensemble", **{missing: False})
+    with pytest.raises(ConfigError, match="segment.ensemble_encoder_share"):
+        tiny_config(serve="ensemble", ensemble_encoder_share=1.5)
     with pytest.raises(ConfigError, match="segment.encoder"):
         tiny_config(encoder=False, distilled=False)
 
@@ -462,6 +481,27 @@ def test_segmenter_stage_resumes_from_its_checkpoint(run, tmp_path, monkeypatch)
         np.testing.assert_array_equal(now, then)
     assert (run_dir / "checkpoints" / "segmentation" / "ckpt-4.index").is_file()
     assert load_config(run_dir / "config.yaml").segment.steps == 4
+
+
+def test_an_ensemble_served_stage_saves_scores_and_serves_the_ensemble(run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(run.dir, run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / "segmentation")
+    results = run_module.train(tiny_config(serve="ensemble", encoder_flip_average=True), run_dir,
+                               stage="segmenter", verbose=0)
+    assert set(results) == {"encoder", "distilled", "ensemble"}
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert evaluation["served"] == "ensemble" and evaluation["results"] == results
+    images = np.random.default_rng(2).integers(0, 256, (3, RES, RES, 3)).astype("uint8")
+    load = lambda name: keras.saving.load_model(run_dir / name)  # noqa: E731
+    served, encoder, distilled = load("segmenter.keras"), load("segmenter_encoder.keras"), load("segmenter_distilled.keras")
+    assert isinstance(served.network, MaskEnsemble) and encoder.flip_average is True
+    np.testing.assert_array_equal(served.predict(images, verbose=0),
+                                  load("segmenter_ensemble.keras").predict(images, verbose=0))
+    expected = 0.7 * distilled.predict(images, verbose=0) + 0.3 * encoder.predict(images, verbose=0)
+    np.testing.assert_allclose(served.predict(images, verbose=0), expected, atol=1e-5)  # no largest-region step
+    for method, scores in results.items():
+        assert scores["num_images"] == 16, method
 
 
 def test_segmentation_stage_with_lr_decay_resumes_on_its_schedule(run, tmp_path):

@@ -61,6 +61,19 @@ def check_image_shape(images_or_shape, resolution, owner):
     return tf.reshape(images_or_shape + tf.cast(guard, images_or_shape.dtype), (-1, resolution, resolution, 3))
 
 
+def network_masks(network, images, flip_average=False):
+    """`network`'s masks of `images` in [-1, 1] (its output, or the "mask" of a dict output), in inference
+    mode; with `flip_average`, the mean with the mirrored masks of the mirrored images."""
+
+    def masks(x):
+        out = network(x, training=False)
+        return out["mask"] if isinstance(out, dict) else out
+
+    if not flip_average:
+        return masks(images)
+    return (masks(images) + ops.flip(masks(ops.flip(images, axis=2)), axis=2)) / 2.0
+
+
 @keras.saving.register_keras_serializable(package="keras_layered")
 class Segmenter(keras.Model):
     """Preprocessing + a segmentation network, as one model to save, export and `predict` with.
@@ -102,14 +115,8 @@ class Segmenter(keras.Model):
         from_uint8 = dtype == "uint8"
         images = check_image_shape(ops.cast(images, "float32"), self.resolution, "Segmenter")
         images = _rescale(images, from_uint8)
-        masks = self._masks(images)
-        if self.flip_average:
-            masks = (masks + ops.flip(self._masks(ops.flip(images, axis=2)), axis=2)) / 2.0
+        masks = network_masks(self.network, images, self.flip_average)
         return self.keep_largest(masks) if self.keep_largest is not None else masks
-
-    def _masks(self, images):
-        out = self.network(images, training=False)
-        return out["mask"] if isinstance(out, dict) else out
 
     def get_config(self):
         config = super().get_config()

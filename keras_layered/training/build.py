@@ -148,19 +148,28 @@ def build_segmentation_trainer(cfg, generator):
 
 
 def build_segmenters(cfg, trainer):
-    """{"encoder": Segmenter, "distilled": Segmenter} of the trainer's networks (those it has)."""
+    """{"encoder": Segmenter, "distilled": Segmenter} of the trainer's networks (those it has), and
+    "ensemble" of both when `segment.serve` is ensemble."""
     from keras_layered.models.generator_inversion import GeneratorInversion
+    from keras_layered.models.mask_ensemble import MaskEnsemble
     from keras_layered.models.segmenter import Segmenter
 
+    s = cfg.segment
     res = trainer.generator.resolution
     segmenters = {}
     if trainer.encoder is not None:
-        inversion = GeneratorInversion(trainer.encoder, trainer.generator, refine_steps=cfg.segment.refine_steps,
-                                       refine_learning_rate=cfg.segment.refine_lr)
-        segmenters["encoder"] = Segmenter(inversion, res, largest_component=cfg.segment.largest_component)
+        inversion = GeneratorInversion(trainer.encoder, trainer.generator, refine_steps=s.refine_steps,
+                                       refine_learning_rate=s.refine_lr)
+        segmenters["encoder"] = Segmenter(inversion, res, largest_component=s.largest_component,
+                                          flip_average=s.encoder_flip_average)
     if trainer.unet is not None:
-        segmenters["distilled"] = Segmenter(trainer.unet, res, largest_component=cfg.segment.largest_component,
-                                            flip_average=cfg.segment.unet_flip_average)
+        segmenters["distilled"] = Segmenter(trainer.unet, res, largest_component=s.largest_component,
+                                            flip_average=s.unet_flip_average)
+    if s.serve == "ensemble":
+        # Each network's own mirror average inside; the largest region of the mean, not of each mask.
+        ensemble = MaskEnsemble([trainer.unet, inversion], [1.0 - s.ensemble_encoder_share, s.ensemble_encoder_share],
+                                flip_average=[s.unet_flip_average, s.encoder_flip_average])
+        segmenters["ensemble"] = Segmenter(ensemble, res, largest_component=s.largest_component)
     for segmenter in segmenters.values():
         segmenter.build((None, res, res, 3))
     return segmenters
