@@ -53,7 +53,8 @@ def save_ensemble(run_dir, share):
     distilled, encoder = (keras.saving.load_model(path) for path in paths)
     ensemble = Segmenter(MaskEnsemble([distilled.network, encoder.network], [1.0 - share, share],
                                       flip_average=[distilled.flip_average, encoder.flip_average]),
-                         cfg.data.resolution, largest_component=distilled.largest_component)
+                         cfg.data.resolution, largest_component=distilled.largest_component,
+                         threshold=distilled.threshold)
     ensemble.build((None, cfg.data.resolution, cfg.data.resolution, 3))
     ensemble.save(run_dir / "segmenter_ensemble.keras")
     click.echo(f"{run_dir / 'segmenter_ensemble.keras'}: {1.0 - share:g} x the U-Net (mirror average "
@@ -82,17 +83,18 @@ def main(run_dir, eval_seed, spec, shares, save_share):
     *_, distilled_path = validation_data(run_dir, spec, eval_seed, "distilled")
     encoder, distilled = keras.saving.load_model(encoder_path), keras.saving.load_model(distilled_path)
     inversion, unet = encoder.network, distilled.network
-    res, largest = cfg.data.resolution, distilled.largest_component
+    res, largest, threshold = cfg.data.resolution, distilled.largest_component, distilled.threshold
     click.echo(f"{run_dir}: segmenters on {shown}, largest component {largest}, "
-               f"U-Net mirror average {str(distilled.flip_average).lower()}")
+               f"U-Net mirror average {str(distilled.flip_average).lower()}, mask threshold {threshold:g}")
     score_rows("encoder mirror average",
-               ((str(flip).lower(), Segmenter(inversion, res, largest_component=largest, flip_average=flip))
+               ((str(flip).lower(), Segmenter(inversion, res, largest_component=largest, flip_average=flip,
+                                              threshold=threshold))
                 for flip in (False, True)), data)
     for flip in (False, True):
         score_rows(f"ensemble share, encoder mirror average {str(flip).lower()}",
                    ((share, Segmenter(MaskEnsemble([unet, inversion], [1.0 - share, share],
                                                    flip_average=[distilled.flip_average, flip]),
-                                      res, largest_component=largest))
+                                      res, largest_component=largest, threshold=threshold))
                     for share in shares), data)
 
 

@@ -35,7 +35,7 @@ def main(run_dir, eval_seed, spec):
     click.echo(f"{run_dir}: distilled U-Net on {shown}, largest component {served.largest_component}")
     score_rows("flip average", ((str(flip).lower(), Segmenter(served.network, cfg.data.resolution,
                                                               largest_component=served.largest_component,
-                                                              flip_average=flip))
+                                                              flip_average=flip, threshold=served.threshold))
                                 for flip in (False, True)), data)
 
 

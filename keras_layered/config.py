@@ -187,6 +187,8 @@ class SegmentConfig:
     # of each generated batch: the share the U-Net trains on (its step's cost scales with it)
     unet_fraction: float = bounded(1.0, gt=0, le=1)
     largest_component: bool = False  # served masks: only the largest connected region (one object per image)
+    # served masks: rescaled so that this level of the networks' masks becomes 0.5, the usual cut
+    mask_threshold: float = bounded(0.5, gt=0, lt=1)
     unet_width: int = bounded(32, ge=1)  # U-Net channels at full resolution, doubled per level down (up to unet_max_width)
     unet_depth: int = 3
     unet_max_width: int = bounded(0, ge=0, note=" (0 = no cap)")  # U-Net channels never above this

@@ -63,7 +63,21 @@ def test_mask_calibration_runs_on_a_trained_run(tiny_run):
     result = CliRunner().invoke(load_script("bench/mask_calibration.py").main, ["--run", str(tiny_run)])
     assert result.exit_code == 0, result.output
     assert "encoder (8 held-out scenes)" in result.output and "distilled" in result.output
-    assert len([line for line in result.output.splitlines() if line.strip().startswith("0.")]) == 10
+    assert len([line for line in result.output.splitlines() if line.strip().startswith("0.")]) == 12
+
+
+def test_mask_calibration_scores_a_validation_folder_and_refuses_the_training_data(tiny_run, tmp_path):
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    rng = np.random.default_rng(1)
+    write_images_and_masks(tmp_path, {i: (rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), mask) for i in range(3)},
+                           sub="a")
+    main = load_script("bench/mask_calibration.py").main
+    result = CliRunner().invoke(main, ["--run", str(tiny_run), "--data", f"folder:{tmp_path}"])
+    assert result.exit_code == 0, result.output
+    assert f"encoder (3 images of folder:{tmp_path})" in result.output
+    result = CliRunner().invoke(main, ["--run", str(tiny_run), "--data", "synthetic"])
+    assert result.exit_code == 2 and "the run's training data" in result.output
 
 
 def test_refine_steps_scores_each_step_count_on_validation_scenes(tiny_run):

@@ -466,6 +466,49 @@ def test_mask_ensemble_bad_shares_raise_naming_the_problem(shares, flips, messag
         MaskEnsemble([ColumnRamp(), ColumnRamp()], shares, flip_average=flips)
 
 
+@keras.saving.register_keras_serializable(package="keras_layered_tests")
+class FixedMask(keras.layers.Layer):
+    """The same mask for every image: one row of the given values, zeros below."""
+
+    def __init__(self, values, **kwargs):
+        super().__init__(**kwargs)
+        self.values = list(values)
+
+    def call(self, images):
+        row = keras.ops.reshape(keras.ops.convert_to_tensor(self.values, "float32"), (1, 1, -1, 1))
+        mask = keras.ops.pad(row, [[0, 0], [0, len(self.values) - 1], [0, 0], [0, 0]])
+        return keras.ops.zeros_like(images[..., :1]) + mask
+
+    def get_config(self):
+        return {**super().get_config(), "values": self.values}
+
+
+def test_segmenter_threshold_puts_that_level_at_one_half_and_survives_saving(tmp_path):
+    values = [0.0, 0.1, 0.3, 0.4, 0.7, 1.0, 0.0, 0.45]
+    x = uint8_images(2, seed=18)
+    plain = numpy(Segmenter(FixedMask(values), RES)(x))[0, 0, :, 0]
+    np.testing.assert_array_equal(plain, np.float32(values))  # 0.5: the masks as the network made them
+    calibrated = Segmenter(FixedMask(values), RES, threshold=0.4)
+    # [0, 0.4] -> [0, 0.5] and [0.4, 1] -> [0.5, 1], linearly.
+    expected = [0.0, 0.125, 0.375, 0.5, 0.75, 1.0, 0.0, 0.5 + 0.05 / 1.2]
+    np.testing.assert_allclose(numpy(calibrated(x))[0, 0, :, 0], expected, atol=1e-6)
+    # With the largest-region step: the region above 0.4 of the network's mask (columns 4-5; column 7
+    # is detached from it), at the rescaled values.
+    largest = Segmenter(FixedMask(values), RES, largest_component=True, threshold=0.4)
+    kept = numpy(largest(x))[0, 0, :, 0]
+    np.testing.assert_allclose(kept, [0.0, 0.125, 0.375, 0.5, 0.75, 1.0, 0.0, 0.0], atol=1e-6)
+    largest.save(tmp_path / "calibrated.keras")
+    loaded = keras.saving.load_model(tmp_path / "calibrated.keras")
+    assert loaded.threshold == 0.4
+    np.testing.assert_allclose(loaded.predict(x, verbose=0)[0, 0, :, 0], kept, atol=1e-6)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, -0.2])
+def test_segmenter_bad_threshold_raises_naming_the_range(threshold):
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\)"):
+        Segmenter(FixedMask([0.5]), RES, threshold=threshold)
+
+
 BAD_SHAPES = {"rgba": (2, RES, RES, 4), "no_batch_axis": (RES, RES, 3), "wrong_size": (2, 2 * RES, 2 * RES, 3),
               "not_square": (2, RES, 2 * RES, 3)}
 

@@ -396,6 +396,10 @@ def test_encoder_flip_average_and_the_ensemble_are_built_as_configured():
     assert ensemble.networks[0] is trainer_.unet and ensemble.networks[1].encoder is trainer_.encoder
     assert segmenters["ensemble"].flip_average is False  # the members average their own mirror images
     assert set(build_segmenters(tiny_config(), trainer_)) == {"encoder", "distilled"}  # only when served
+    assert {seg.threshold for seg in segmenters.values()} == {0.5}
+    calibrated = build_segmenters(tiny_config(serve="ensemble", mask_threshold=0.4), trainer_)
+    assert {name: seg.threshold for name, seg in calibrated.items()} == {"encoder": 0.4, "distilled": 0.4,
+                                                                           "ensemble": 0.4}
 
 
 def test_served_network_must_be_trained():

@@ -87,6 +87,10 @@ class Segmenter(keras.Model):
         flip_average: each mask is the mean of the network's mask of the image and the mirrored mask
             of its left-right mirror image (twice the network's cost): objects are as likely seen
             mirrored, and the network's errors at their outlines differ between the two views.
+        threshold: the level of the network's masks that the served masks put at 0.5, where the
+            protocol, `segment` and most clients cut them: values are rescaled piecewise linearly
+            ([0, threshold] -> [0, 0.5], [threshold, 1] -> [0.5, 1]) before the largest-region
+            step, so mask > 0.5 is the network's mask > threshold. 0.5 leaves them as they are.
 
     Call: images (B, resolution, resolution, 3), uint8 in [0, 255] or float in [0, 1] -> masks
     (B, resolution, resolution, 1) in [0, 1]. Images of another numeric dtype are read as float,
@@ -94,12 +98,15 @@ class Segmenter(keras.Model):
     """
 
     def __init__(self, network, resolution, largest_component=SegmentConfig.largest_component,
-                 flip_average=SegmentConfig.unet_flip_average, **kwargs):
+                 flip_average=SegmentConfig.unet_flip_average, threshold=SegmentConfig.mask_threshold, **kwargs):
         super().__init__(**kwargs)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"Segmenter: threshold must be in (0, 1), got {threshold!r}")
         self.network = network
         self.resolution = resolution
         self.largest_component = largest_component
         self.flip_average = flip_average
+        self.threshold = float(threshold)
         self.keep_largest = LargestComponent(name="keep_largest") if largest_component else None
 
     def build(self, input_shape):
@@ -116,12 +123,17 @@ class Segmenter(keras.Model):
         images = check_image_shape(ops.cast(images, "float32"), self.resolution, "Segmenter")
         images = _rescale(images, from_uint8)
         masks = network_masks(self.network, images, self.flip_average)
+        if self.threshold != 0.5:
+            t = self.threshold
+            masks = ops.cast(masks, "float32")
+            masks = ops.where(masks <= t, masks * (0.5 / t), 0.5 + (masks - t) * (0.5 / (1.0 - t)))
         return self.keep_largest(masks) if self.keep_largest is not None else masks
 
     def get_config(self):
         config = super().get_config()
         config.update(network=keras.saving.serialize_keras_object(self.network), resolution=self.resolution,
-                      largest_component=self.largest_component, flip_average=self.flip_average)
+                      largest_component=self.largest_component, flip_average=self.flip_average,
+                      threshold=self.threshold)
         return config
 
     @classmethod

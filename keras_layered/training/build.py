@@ -161,15 +161,16 @@ def build_segmenters(cfg, trainer):
         inversion = GeneratorInversion(trainer.encoder, trainer.generator, refine_steps=s.refine_steps,
                                        refine_learning_rate=s.refine_lr)
         segmenters["encoder"] = Segmenter(inversion, res, largest_component=s.largest_component,
-                                          flip_average=s.encoder_flip_average)
+                                          flip_average=s.encoder_flip_average, threshold=s.mask_threshold)
     if trainer.unet is not None:
         segmenters["distilled"] = Segmenter(trainer.unet, res, largest_component=s.largest_component,
-                                            flip_average=s.unet_flip_average)
+                                            flip_average=s.unet_flip_average, threshold=s.mask_threshold)
     if s.serve == "ensemble":
         # Each network's own mirror average inside; the largest region of the mean, not of each mask.
         ensemble = MaskEnsemble([trainer.unet, inversion], [1.0 - s.ensemble_encoder_share, s.ensemble_encoder_share],
                                 flip_average=[s.unet_flip_average, s.encoder_flip_average])
-        segmenters["ensemble"] = Segmenter(ensemble, res, largest_component=s.largest_component)
+        segmenters["ensemble"] = Segmenter(ensemble, res, largest_component=s.largest_component,
+                                           threshold=s.mask_threshold)
     for segmenter in segmenters.values():
         segmenter.build((None, res, res, 3))
     return segmenters
