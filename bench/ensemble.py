@@ -80,7 +80,9 @@ def main(run_dir, eval_seed, spec, shares, save_share):
         return
     shares = parse_shares(shares)
     cfg, data, shown, encoder_path = validation_data(run_dir, spec, eval_seed, "encoder")
-    *_, distilled_path = validation_data(run_dir, spec, eval_seed, "distilled")
+    distilled_path = run_dir / "segmenter_distilled.keras"
+    if not distilled_path.is_file():
+        raise click.BadParameter(f"{run_dir} has no {distilled_path.name}", param_hint="--run")
     encoder, distilled = keras.saving.load_model(encoder_path), keras.saving.load_model(distilled_path)
     inversion, unet = encoder.network, distilled.network
     res, largest, threshold = cfg.data.resolution, distilled.largest_component, distilled.threshold

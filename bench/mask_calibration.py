@@ -3,7 +3,8 @@ with masks of --data, a validation split): mean IoU when the predicted masks are
 other levels than the protocol's 0.5, and the median ratio of predicted to true mask area. A
 median ratio above 1 whose IoU climbs with the threshold means a halo of uncertain pixels around
 the objects; the level that scores best on validation images is a value for
-`segment.mask_threshold`, which makes the served masks cut there at 0.5.
+`segment.mask_threshold`, which makes the served masks cut there at 0.5 (the levels are those of
+the networks' masks: a segmenter saved with another threshold is scored without it).
 
     python bench/mask_calibration.py --run bench/results/quality/shift_seed0
     python bench/mask_calibration.py --run RUN --data folder:data/photos32/validation
@@ -47,6 +48,7 @@ def main(run_dir, spec):
 
     import keras_layered  # noqa: F401  (registers the model classes)
     from keras_layered.config import load_config
+    from keras_layered.models.segmenter import Segmenter
     from keras_layered.training.build import build_eval_dataset
 
     run_dir = Path(run_dir)
@@ -67,7 +69,11 @@ def main(run_dir, spec):
         path = run_dir / f"segmenter_{method}.keras"
         if not path.is_file():
             continue
-        predicted = keras.saving.load_model(path).predict(images, batch_size=64, verbose=0)
+        segmenter = keras.saving.load_model(path)
+        if segmenter.threshold != 0.5:  # levels of the networks' masks, not of the rescaled ones
+            segmenter = Segmenter(segmenter.network, segmenter.resolution, segmenter.largest_component,
+                                  segmenter.flip_average)
+        predicted = segmenter.predict(images, batch_size=64, verbose=0)
         click.echo(f"{method} ({len(images)} {shown})\n  threshold  mean IoU  predicted/true area (median)")
         for threshold, iou, ratio in calibration(predicted, true):
             click.echo(f"  {threshold:>9}  {iou:>8.3f}  {ratio:>6.2f}")

@@ -280,7 +280,7 @@ Writes into --out: segmenter/ (SavedModel; serving_default: images float32 [batc
 generator/ (SavedModel; z -> composite, background, foreground, mask), and segmenter.keras,
 generator.keras for keras.saving.load_model (after `import keras_layered`). --onnx also writes
 segmenter.onnx and segmenter_uint8.onnx for onnxruntime (needs pip install -e ".[onnx]"; not for
-an encoder segmenter that refines latents).""")
+an encoder segmenter that refines latents, nor an ensemble holding one).""")
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A run directory that finished `keras-layered train`.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Export directory.")

@@ -147,19 +147,29 @@ def test_ensemble_save_writes_the_served_ensemble_of_a_runs_two_segmenters(tiny_
 
     import keras
 
+    from keras_layered.layers import LargestComponent
+    from keras_layered.models.segmenter import Segmenter
+
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
+    load = lambda name: keras.saving.load_model(run_dir / name)  # noqa: E731
+    # The two segmenters saved with settings of their own: each network keeps its mirror average.
+    unet, inversion = load("segmenter_distilled.keras").network, load("segmenter_encoder.keras").network
+    Segmenter(unet, 8, largest_component=True, flip_average=True, threshold=0.4).save(
+        run_dir / "segmenter_distilled.keras")
+    Segmenter(inversion, 8, flip_average=False, threshold=0.4).save(run_dir / "segmenter_encoder.keras")
     result = CliRunner().invoke(load_script("bench/ensemble.py").main, ["--run", str(run_dir), "--save", "0.25"])
     assert result.exit_code == 0, result.output
-    load = lambda name: keras.saving.load_model(run_dir / name)  # noqa: E731
-    ensemble, unet, encoder = load("segmenter_ensemble.keras"), load("segmenter_distilled.keras"), load(
-        "segmenter_encoder.keras")
-    assert ensemble.network.shares == [0.75, 0.25]
+    ensemble = load("segmenter_ensemble.keras")
+    assert ensemble.network.shares == [0.75, 0.25] and ensemble.network.flip_average == [True, False]
+    assert ensemble.largest_component is True and ensemble.threshold == 0.4 and ensemble.flip_average is False
     images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3)).astype("uint8")
-    expected = 0.75 * unet.network.predict(images / 127.5 - 1, verbose=0) + 0.25 * encoder.network.predict(
-        images / 127.5 - 1, verbose=0)["mask"]
-    assert not (unet.flip_average or encoder.flip_average or ensemble.largest_component)  # the library defaults
-    np.testing.assert_allclose(ensemble.predict(images, verbose=0), expected, atol=1e-5)
+    x = images / 127.5 - 1
+    unet_masks = (unet.predict(x, verbose=0) + unet.predict(x[:, :, ::-1], verbose=0)[:, :, ::-1]) / 2
+    mean = 0.75 * unet_masks + 0.25 * inversion.predict(x, verbose=0)["mask"]
+    rescaled = np.where(mean <= 0.4, mean * 0.5 / 0.4, 1 - (1 - mean) * 0.5 / 0.6)  # the networks' 0.4 -> 0.5
+    expected = LargestComponent()(rescaled.astype("float32"))
+    np.testing.assert_allclose(ensemble.predict(images, verbose=0), np.asarray(expected), atol=1e-5)
     (run_dir / "segmenter_encoder.keras").unlink()
     result = CliRunner().invoke(load_script("bench/ensemble.py").main, ["--run", str(run_dir), "--save", "0.25"])
     assert result.exit_code == 2 and "has no segmenter_encoder.keras" in result.output

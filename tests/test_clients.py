@@ -230,7 +230,7 @@ def test_onnx_export_of_an_ensemble_matches_its_masks(tmp_path):
     inversion = GeneratorInversion(Encoder(RES, 4, base_width=16, min_width=8, hidden_dim=16),
                                    LayeredGenerator(RES, 4, base_width=16, min_width=8), refine_steps=0)
     ensemble = Segmenter(MaskEnsemble([UNet(RES, width=4, depth=2), inversion], [0.7, 0.3],
-                                      flip_average=[True, True]), RES, largest_component=True)
+                                      flip_average=[True, True]), RES, largest_component=True, threshold=0.4)
     ensemble.build((None, RES, RES, 3))
     paths = export_onnx(ensemble, tmp_path / "onnx", dtypes=("uint8",))
     images = np.random.default_rng(3).integers(0, 256, (4, RES, RES, 3)).astype("uint8")

@@ -48,7 +48,7 @@ def segmenters(generator):
             MaskEnsemble([UNet(RES, width=8, depth=1),
                           GeneratorInversion(Encoder(RES, LATENT, base_width=16, min_width=8, hidden_dim=16),
                                              generator, refine_steps=0)],
-                         [0.7, 0.3], flip_average=[True, True]), RES, largest_component=True),
+                         [0.7, 0.3], flip_average=[True, True]), RES, largest_component=True, threshold=0.4),
     }
 
 

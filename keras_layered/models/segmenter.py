@@ -126,7 +126,8 @@ class Segmenter(keras.Model):
         if self.threshold != 0.5:
             t = self.threshold
             masks = ops.cast(masks, "float32")
-            masks = ops.where(masks <= t, masks * (0.5 / t), 0.5 + (masks - t) * (0.5 / (1.0 - t)))
+            # The upper branch from 1 down: values just above t stay above 0.5 in float32.
+            masks = ops.where(masks <= t, masks * (0.5 / t), 1.0 - (1.0 - masks) * (0.5 / (1.0 - t)))
         return self.keep_largest(masks) if self.keep_largest is not None else masks
 
     def get_config(self):
