@@ -42,8 +42,7 @@ def save_ensemble(run_dir, share):
     import keras
 
     from keras_layered.config import load_config
-    from keras_layered.models.mask_ensemble import MaskEnsemble
-    from keras_layered.models.segmenter import Segmenter
+    from keras_layered.models.mask_ensemble import ensemble_segmenter
 
     paths = [run_dir / f"segmenter_{network}.keras" for network in ("distilled", "encoder")]
     missing = [path.name for path in paths if not path.is_file()]
@@ -51,10 +50,9 @@ def save_ensemble(run_dir, share):
         raise click.BadParameter(f"{run_dir} has no {', '.join(missing)}", param_hint="--run")
     cfg = load_config(run_dir / "config.yaml")
     distilled, encoder = (keras.saving.load_model(path) for path in paths)
-    ensemble = Segmenter(MaskEnsemble([distilled.network, encoder.network], [1.0 - share, share],
-                                      flip_average=[distilled.flip_average, encoder.flip_average]),
-                         cfg.data.resolution, largest_component=distilled.largest_component,
-                         threshold=distilled.threshold)
+    ensemble = ensemble_segmenter(distilled.network, encoder.network, share, cfg.data.resolution,
+                                  distilled.flip_average, encoder.flip_average, distilled.largest_component,
+                                  distilled.threshold)
     ensemble.build((None, cfg.data.resolution, cfg.data.resolution, 3))
     ensemble.save(run_dir / "segmenter_ensemble.keras")
     click.echo(f"{run_dir / 'segmenter_ensemble.keras'}: {1.0 - share:g} x the U-Net (mirror average "
@@ -72,7 +70,7 @@ def main(run_dir, eval_seed, spec, shares, save_share):
     import keras
 
     import keras_layered  # noqa: F401  (registers the model classes)
-    from keras_layered.models.mask_ensemble import MaskEnsemble
+    from keras_layered.models.mask_ensemble import ensemble_segmenter
     from keras_layered.models.segmenter import Segmenter
 
     if save_share is not None:
@@ -94,9 +92,8 @@ def main(run_dir, eval_seed, spec, shares, save_share):
                 for flip in (False, True)), data)
     for flip in (False, True):
         score_rows(f"ensemble share, encoder mirror average {str(flip).lower()}",
-                   ((share, Segmenter(MaskEnsemble([unet, inversion], [1.0 - share, share],
-                                                   flip_average=[distilled.flip_average, flip]),
-                                      res, largest_component=largest, threshold=threshold))
+                   ((share, ensemble_segmenter(unet, inversion, share, res, distilled.flip_average, flip,
+                                               largest, threshold))
                     for share in shares), data)
 
 

@@ -14,6 +14,7 @@ The reported numbers (README, evaluation.json) always cut the served masks at 0.
 
 import dataclasses
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -21,6 +22,9 @@ from pathlib import Path
 
 import click
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from refine_steps import validation_source  # noqa: E402
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.7, 0.9, 0.98)
 
@@ -55,9 +59,7 @@ def main(run_dir, spec):
     cfg = load_config(run_dir / "config.yaml")
     shown = "held-out scenes" if cfg.data.source == "synthetic" else "held-out images"
     if spec is not None:
-        if spec == cfg.data.source:
-            raise click.BadParameter(f"{spec} is the run's training data: give a validation split", param_hint="--data")
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=spec, eval_images=0))
+        cfg = dataclasses.replace(cfg, data=validation_source(cfg.data, spec))
         shown = f"images of {spec}"
     dataset = build_eval_dataset(cfg)
     if dataset is None:

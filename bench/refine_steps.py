@@ -20,6 +20,14 @@ from pathlib import Path
 import click
 
 
+def validation_source(data_config, spec):
+    """`data_config` reading every image with a mask of `spec` (a validation split) instead of its
+    own held-out images; click.BadParameter when `spec` is the run's training data."""
+    if spec == data_config.source:
+        raise click.BadParameter(f"{spec} is the run's training data: give a validation split", param_hint="--data")
+    return dataclasses.replace(data_config, source=spec, eval_images=0)
+
+
 def validation_data(run_dir, spec, eval_seed, network):
     """(the run's config, {"image", "mask"} validation batches, what they are, the path of the run's
     segmenter_<network>.keras) for --run / --data / --eval-seed; click.BadParameter for a choice
@@ -32,8 +40,8 @@ def validation_data(run_dir, spec, eval_seed, network):
     if spec is None and cfg.data.source != "synthetic":
         raise click.BadParameter(f"{run_dir} trained on {cfg.data.source}: give its validation images with masks "
                                  "(--data folder:PATH), or use a run on the built-in scenes", param_hint="--run")
-    if spec is not None and spec == cfg.data.source:
-        raise click.BadParameter(f"{spec} is the run's training data: give a validation split", param_hint="--data")
+    if spec is not None:
+        data_config = validation_source(cfg.data, spec)
     if spec is None and eval_seed in (cfg.data.eval_seed, cfg.data.seed):
         raise click.BadParameter(f"{eval_seed} is the run's data.eval_seed or data.seed: pick another seed, so that "
                                  "the choice does not look at the reported or the training scenes",
@@ -47,7 +55,6 @@ def validation_data(run_dir, spec, eval_seed, network):
         data_config = dataclasses.replace(cfg.data, eval_seed=eval_seed)
         shown = f"{cfg.data.eval_scenes} validation scenes (seed {eval_seed})"
     else:
-        data_config = dataclasses.replace(cfg.data, source=spec, eval_images=0)  # all its masked images
         shown = spec
     data = build_eval_dataset(dataclasses.replace(cfg, data=data_config))
     if data is None:

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_layered.models.segmenter import network_masks
+from keras_layered.models.segmenter import Segmenter, network_masks
 
 
 @keras.saving.register_keras_serializable(package="keras_layered")
@@ -59,3 +59,13 @@ class MaskEnsemble(keras.Model):
         config = dict(config)
         config["networks"] = [keras.saving.deserialize_keras_object(n) for n in config["networks"]]
         return cls(**config)
+
+
+def ensemble_segmenter(unet, inversion, encoder_share, resolution, unet_flip_average=False,
+                       encoder_flip_average=False, largest_component=False, threshold=0.5):
+    """The served ensemble of a run (`segment.serve: ensemble`): a `Segmenter` of (1 - encoder_share) x
+    the U-Net's mask + encoder_share x the encoder path's (`inversion`), each with its own mirror
+    average; the largest region and the threshold apply to their mean."""
+    ensemble = MaskEnsemble([unet, inversion], [1.0 - encoder_share, encoder_share],
+                            flip_average=[unet_flip_average, encoder_flip_average])
+    return Segmenter(ensemble, resolution, largest_component=largest_component, threshold=threshold)

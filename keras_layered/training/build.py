@@ -151,7 +151,7 @@ def build_segmenters(cfg, trainer):
     """{"encoder": Segmenter, "distilled": Segmenter} of the trainer's networks (those it has), and
     "ensemble" of both when `segment.serve` is ensemble."""
     from keras_layered.models.generator_inversion import GeneratorInversion
-    from keras_layered.models.mask_ensemble import MaskEnsemble
+    from keras_layered.models.mask_ensemble import ensemble_segmenter
     from keras_layered.models.segmenter import Segmenter
 
     s = cfg.segment
@@ -166,11 +166,9 @@ def build_segmenters(cfg, trainer):
         segmenters["distilled"] = Segmenter(trainer.unet, res, largest_component=s.largest_component,
                                             flip_average=s.unet_flip_average, threshold=s.mask_threshold)
     if s.serve == "ensemble":
-        # Each network's own mirror average inside; the largest region of the mean, not of each mask.
-        ensemble = MaskEnsemble([trainer.unet, inversion], [1.0 - s.ensemble_encoder_share, s.ensemble_encoder_share],
-                                flip_average=[s.unet_flip_average, s.encoder_flip_average])
-        segmenters["ensemble"] = Segmenter(ensemble, res, largest_component=s.largest_component,
-                                           threshold=s.mask_threshold)
+        segmenters["ensemble"] = ensemble_segmenter(trainer.unet, inversion, s.ensemble_encoder_share, res,
+                                                    s.unet_flip_average, s.encoder_flip_average,
+                                                    s.largest_component, s.mask_threshold)
     for segmenter in segmenters.values():
         segmenter.build((None, res, res, 3))
     return segmenters
