@@ -86,7 +86,9 @@ class DataConfig:
     # real images: shorter side resized to crop_scale * resolution, then cropped
     crop_scale: float = bounded(1.125, ge=1, note=" (the crop must fit in the resized image)")
     flip: bool = True  # real images: random horizontal flips in training
-    cache: bool = False  # real images: keep them decoded and resized in memory (datasets that fit)
+    # real images: keep them decoded and resized in memory after the first epoch; "auto": when they
+    # take at most 1 GiB (data.geometry.CACHE_BUDGET), decided from the image count alone
+    cache: bool | str = checked("auto", lambda value: value in ("auto", True, False), "true, false or auto")
     # tfds: examples shuffled together (folders shuffle their whole file list)
     shuffle_buffer: int = bounded(10000, ge=1)
     data_dir: str = ""  # tfds: folder of prepared datasets ("" = ~/tensorflow_datasets or $TFDS_DATA_DIR)

@@ -163,6 +163,7 @@ def test_section_that_is_not_a_mapping():
         ("segment.visible_threshold=-0.1", "segment.visible_threshold"),
         ("segment.unet_max_width=16", "segment.unet_max_width"),  # below unet_width 32
         ("segment.unet_max_width=-1", "segment.unet_max_width"),
+        ("data.cache=sometimes", "data.cache"),
     ],
 )
 def test_out_of_range_names_the_key(override, key):
@@ -194,6 +195,14 @@ def test_config_models_and_scenes_share_the_resolution_rule(resolution):
                 accepts(lambda: check_resolution(resolution, "model")),
                 accepts(lambda: synthetic_scenes(resolution, 1))}
     assert verdicts == {resolution in (8, 32, 256)}
+
+
+def test_data_cache_is_auto_true_or_false():
+    assert load_config().data.cache == "auto"
+    assert [load_config(overrides=[f"data.cache={v}"]).data.cache for v in ("true", "false", "auto")] == [
+        True, False, "auto"]
+    with pytest.raises(ConfigError, match="data.cache must be of type"):
+        load_config(overrides=["data.cache=1"])
 
 
 def test_boundary_values_accepted():

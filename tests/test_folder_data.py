@@ -243,6 +243,35 @@ def test_training_stream_is_reproducible_per_seed(coded):
     assert any(not np.array_equal(a, b) for a, b in zip(same, other))
 
 
+def test_cache_auto_keeps_images_within_the_budget():
+    # 32 px at crop_scale 1.125: 36^2 x 3 x 4/3 = 5184 bytes an image; 2^30 / 5184 = 207126.9
+    assert geometry.cached("auto", 207126, 32, 1.125)
+    assert not geometry.cached("auto", 207127, 32, 1.125)
+    assert not geometry.cached("auto", None, 32, 1.125)  # count unknown
+    assert geometry.cached(True, 10**9, 256, 2.0) and not geometry.cached(False, 1, 8, 1.0)
+
+
+@pytest.mark.parametrize("budget, reads", [(2**30, 4), (0, None)])
+def test_cache_auto_decodes_each_file_once_within_the_budget_with_the_same_batches(coded, monkeypatch, budget,
+                                                                                   reads):
+    """4 images, 6 batches of 2 = 3 epochs: cached, each file is decoded once; over the budget, every
+    epoch decodes again. The batches are those of cache=False either way, also from an offset."""
+    from keras_layered.data import folder
+
+    monkeypatch.setattr(geometry, "CACHE_BUDGET", budget)
+    calls = []
+    read = folder._Reader.read
+    monkeypatch.setattr(folder._Reader, "read", lambda self, *paths: calls.append(paths) or read(self, *paths))
+    for start in (0, 3):
+        calls.clear()
+        auto = samples(folder_dataset(coded, 24, 2, with_masks=True, seed=1, cache="auto", start=start), 6)
+        assert len(calls) == reads if reads else len(calls) >= 12 - start
+        plain = samples(folder_dataset(coded, 24, 2, with_masks=True, seed=1, cache=False, start=start), 6)
+        for (image, mask), (image_plain, mask_plain) in zip(auto, plain, strict=True):
+            np.testing.assert_array_equal(image, image_plain)
+            np.testing.assert_array_equal(mask, mask_plain)
+
+
 def test_shorter_side_resized_to_crop_scale_times_resolution():
     assert shorter_side_size((40, 30), 18) == (24, 18)
     assert shorter_side_size((30, 40), 18) == (18, 24)

@@ -97,6 +97,37 @@ def test_encoder_loss_is_the_weighted_sum_of_its_terms():
     assert "unet_loss" not in logs
 
 
+def test_zero_reconstruction_weight_skips_the_real_pass_and_trains_the_same_weights(monkeypatch):
+    """At reconstruction_weight 0 the real batch never reaches the encoder, and the encoder's weights
+    after 3 steps equal, bit for bit, those of the same trainer made to compute the term times 0."""
+    from keras_layered.models.generator_inversion import GeneratorInversion
+
+    keras.utils.set_random_seed(1)
+    skipped = trainer(generator(), unet=False, reconstruction_weight=0.0)
+    keras.utils.set_random_seed(1)
+    computed = trainer(generator(), unet=False, reconstruction_weight=0.0)
+    computed.reconstructs = True
+    computed.trackers["reconstruction_loss"] = keras.metrics.Mean(name="reconstruction_loss")
+    assert weights(skipped.encoder)[0].tobytes() == weights(computed.encoder)[0].tobytes()
+    batches = []
+    call = GeneratorInversion.call
+
+    def spy(self, images, training=False):
+        batches.append(images)
+        return call(self, images, training=training)
+
+    monkeypatch.setattr(GeneratorInversion, "call", spy)
+    logs = skipped.fit(real_images(), steps_per_epoch=3, epochs=1, verbose=0).history
+    assert len(batches) == 1  # traced once: the generated composites only
+    assert set(logs) == {"latent_loss", "mask_loss", "encoder_loss"}
+    batches.clear()
+    full = computed.fit(real_images(), steps_per_epoch=3, epochs=1, verbose=0).history
+    assert len(batches) == 2 and full["reconstruction_loss"][0] > 0
+    for a, b in zip(weights(skipped.encoder), weights(computed.encoder)):
+        np.testing.assert_array_equal(a, b)
+    assert logs["encoder_loss"][0] == pytest.approx(full["encoder_loss"][0], rel=1e-6)
+
+
 def test_shifted_fraction_shifts_the_last_generated_images_and_drops_their_latent_term(monkeypatch):
     """With shifted_fraction 0.5 and a batch of 4: the last 2 generated images go through the random
     shift (here a stub that moves the object out of view) and count in the mask term only."""

@@ -218,7 +218,7 @@ def _check_masks(scan):
 
 def folder_dataset(root, resolution: int, batch_size: int, *, with_masks: bool = False, training: bool = True,
                    flip: bool = DataConfig.flip, crop_scale: float = DataConfig.crop_scale, seed: int = DataConfig.seed,
-                   cache: bool = DataConfig.cache, start: int = 0):
+                   cache: bool | str = DataConfig.cache, start: int = 0):
     """A tf.data.Dataset of batches of the images under `root` (a folder, or its `scan_folder`
     result to reuse the scan).
 
@@ -235,13 +235,15 @@ def folder_dataset(root, resolution: int, batch_size: int, *, with_masks: bool =
 
     cache: keep the decoded, resized images in memory after the first pass, so later epochs
     decode nothing (for datasets that fit in memory: about 3 * (crop_scale * R)^2 * 4/3 bytes
-    per image).
+    per image); "auto": when they take at most `geometry.CACHE_BUDGET`. On the images a training
+    reads, the batches are the same either way when every file is readable (the same seeded order
+    and crops).
 
     Unreadable files are skipped, each logged once; pass a `scan_folder` result to count them.
     """
     import tensorflow as tf
 
-    from keras_layered.data.geometry import check_crop_scale, crop_and_flip, to_floats
+    from keras_layered.data.geometry import cached, check_crop_scale, crop_and_flip, to_floats
 
     _check_count("resolution", resolution)
     _check_count("batch_size", batch_size)
@@ -268,7 +270,8 @@ def folder_dataset(root, resolution: int, batch_size: int, *, with_masks: bool =
                 .map(lambda pixels, ok: pixels))
 
     indices = tf.data.Dataset.range(len(scan.pairs))
-    if cache:  # decode once in path order, then shuffle the decoded images
+    # Cached: decoded once in path order, then the decoded images are shuffled.
+    if cached(cache, len(scan.pairs), resolution, crop_scale, channels):
         images = decoded(indices).cache()
         if training:
             images = images.shuffle(len(scan.pairs), seed=seed, reshuffle_each_iteration=True).repeat().skip(start)

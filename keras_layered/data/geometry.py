@@ -14,12 +14,27 @@ import tensorflow as tf
 
 from keras_layered import io
 
-__all__ = ["check_crop_scale", "crop_and_flip", "shorter_side_size", "to_floats"]
+__all__ = ["CACHE_BUDGET", "cached", "check_crop_scale", "crop_and_flip", "shorter_side_size", "to_floats"]
+
+# data.cache "auto" keeps the decoded images in memory up to this size. A fixed size, not a share
+# of this machine's memory: the choice then depends on the data alone, so a run resumed elsewhere
+# reads the same stream.
+CACHE_BUDGET = 2**30
 
 
 def check_crop_scale(crop_scale):
     if isinstance(crop_scale, bool) or not isinstance(crop_scale, (int, float)) or not crop_scale >= 1.0:
         raise ValueError(f"crop_scale must be a number >= 1, so the crop fits the resized image, got {crop_scale!r}.")
+
+
+def cached(cache, count, resolution, crop_scale, channels=3):
+    """Whether a reader keeps its decoded images in memory: `cache` itself when True or False; for
+    "auto", whether `count` images (None: unknown, so no) of about (crop_scale x resolution)^2 x 4/3
+    pixels (a 4:3 aspect ratio) of `channels` bytes fit in CACHE_BUDGET."""
+    if cache != "auto":
+        return bool(cache)
+    per_image = channels * round(crop_scale * resolution) ** 2 * 4 / 3
+    return count is not None and count * per_image <= CACHE_BUDGET
 
 
 def shorter_side_size(height, width, shorter):

@@ -18,7 +18,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from keras_layered.config import DataConfig
-from keras_layered.data.geometry import check_crop_scale, crop_and_flip, shorter_side_size, to_floats
+from keras_layered.data.geometry import cached, check_crop_scale, crop_and_flip, shorter_side_size, to_floats
 from keras_layered.data.registry import check_dataset_name
 from keras_layered.errors import ConfigError
 
@@ -71,6 +71,16 @@ def _builder(name, data_dir):
     import tensorflow_datasets as tfds
 
     return tfds.builder(name, data_dir=str(Path(data_dir).expanduser()) if data_dir else None)
+
+
+def _num_examples(name, split, data_dir, manual_dir):
+    """The number of examples of `split` (prepared from `manual_dir` first if need be), or None
+    where TFDS does not know it."""
+    load_split(name, split, data_dir=data_dir, manual_dir=manual_dir)
+    try:
+        return int(_builder(name, data_dir).info.splits[split].num_examples)
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def load_split(name, split, *, data_dir=DataConfig.data_dir, manual_dir=DataConfig.manual_dir, shuffle_files=False,
@@ -134,7 +144,7 @@ def _resize_to_shorter_side(entry, shorter, with_masks, decode_image=None):
 
 def tfds_dataset(name, resolution: int, batch_size: int, *, with_masks: bool = False, training: bool = True,
                  flip: bool = DataConfig.flip, crop_scale: float = DataConfig.crop_scale, seed: int = DataConfig.seed,
-                 cache: bool = DataConfig.cache, shuffle_buffer: int = DataConfig.shuffle_buffer,
+                 cache: bool | str = DataConfig.cache, shuffle_buffer: int = DataConfig.shuffle_buffer,
                  data_dir: str = DataConfig.data_dir, manual_dir: str = DataConfig.manual_dir, split: str | None = None,
                  start: int = 0) -> tf.data.Dataset:
     """Batches of tfds:`name`, like `folder.folder_dataset`: images (B, R, R, 3) float32 in [-1, 1],
@@ -145,7 +155,8 @@ def tfds_dataset(name, resolution: int, batch_size: int, *, with_masks: bool = F
     repeated forever, random crops, flips unless `flip` is False, full batches; `start` skips that
     many examples of this stream, before decoding them, so a resumed run continues the stream of
     one that never stopped. Otherwise one pass in the dataset's order, centre crops, the last batch
-    possibly smaller. `cache` keeps the resized images in memory after the first pass.
+    possibly smaller. `cache` keeps the resized images in memory after the first pass; "auto": when
+    the split's examples take at most `geometry.CACHE_BUDGET` (`geometry.cached`).
     """
     import tensorflow_datasets as tfds  # heavy: imported when a dataset is read
 
@@ -154,6 +165,8 @@ def tfds_dataset(name, resolution: int, batch_size: int, *, with_masks: bool = F
     if with_masks and entry.mask is None:
         raise ValueError(f"tfds:{name} has no ground-truth masks")
     split = split or (entry.eval_split if with_masks else entry.train_split)
+    if cache == "auto":
+        cache = cached(cache, _num_examples(name, split, data_dir, manual_dir), resolution, crop_scale, 4 if with_masks else 3)
     skip = start if training and not cache else 0
     # Skipped examples need not be decoded: decode the image after the skip.
     decoders = {"image": tfds.decode.SkipDecoding()} if skip else None

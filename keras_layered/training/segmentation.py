@@ -34,7 +34,8 @@ class SegmentationTrainer(keras.Model):
     One `train_step`: sample z, generate layers with the frozen generator (inference mode), then
     - encoder E (the paper's path): latent regression ||E(G(z)) - z||^2 and mask consistency
       BCE(mask(G(E(G(z)))), mask(G(z))) on generated images, whose latent and exact mask are
-      known, plus L1 reconstruction |composite(G(E(x))) - x| of the real batch. With
+      known, plus L1 reconstruction |composite(G(E(x))) - x| of the real batch (not computed
+      when its weight and the perceptual weight are 0). With
       `shifted_fraction` > 0, that fraction of the generated images is randomly shifted first and
       keeps only the mask term: real images look like the shifted composites the discriminator
       judged, whose objects can sit where the unshifted generator rarely puts them;
@@ -89,6 +90,10 @@ class SegmentationTrainer(keras.Model):
         self.reconstruction_weight = reconstruction_weight
         self.feature_extractor = feature_extractor
         self.perceptual_weight = perceptual_weight if feature_extractor is not None else 0.0
+        # With both weights 0 the real batch teaches the encoder nothing: its pass through encoder
+        # and generator (forward and backward, about half the encoder's step) is skipped. The
+        # weights come out the same: the skipped term's gradients were exact zeros.
+        self.reconstructs = bool(reconstruction_weight) or bool(self.perceptual_weight)
         self.visible_threshold = visible_threshold
         self.shifted_fraction = shifted_fraction
         self.unet_fraction = unet_fraction
@@ -105,7 +110,8 @@ class SegmentationTrainer(keras.Model):
         self.built = True
         names = []
         if encoder is not None:
-            names += ["latent_loss", "mask_loss", "reconstruction_loss"]
+            names += ["latent_loss", "mask_loss"]
+            names += ["reconstruction_loss"] if self.reconstructs else []
             names += ["perceptual_loss"] if self.perceptual_weight else []
             names += ["encoder_loss"]
         if unet is not None:
@@ -182,14 +188,12 @@ class SegmentationTrainer(keras.Model):
             decoded = self.inversion(generated, training=True)
             latent_loss = losses.latent_regression_loss(decoded["latent"][:unshifted], z[:unshifted])
             mask_loss = losses.mask_cross_entropy(decoded["mask"], mask)
-            reconstruction = self.inversion(real, training=True)["composite"]
-            reconstruction_loss = losses.reconstruction_loss(reconstruction, real)
-            terms = {"latent_loss": latent_loss, "mask_loss": mask_loss, "reconstruction_loss": reconstruction_loss}
-            loss = (
-                self.latent_weight * latent_loss
-                + self.mask_weight * mask_loss
-                + self.reconstruction_weight * reconstruction_loss
-            )
+            terms = {"latent_loss": latent_loss, "mask_loss": mask_loss}
+            loss = self.latent_weight * latent_loss + self.mask_weight * mask_loss
+            if self.reconstructs:
+                reconstruction = self.inversion(real, training=True)["composite"]
+                terms["reconstruction_loss"] = losses.reconstruction_loss(reconstruction, real)
+                loss += self.reconstruction_weight * terms["reconstruction_loss"]
             if self.perceptual_weight:
                 features = self.feature_extractor(ops.concatenate([reconstruction, real], axis=0))
                 terms["perceptual_loss"] = losses.reconstruction_loss(features[:n], features[n:])
