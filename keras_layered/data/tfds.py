@@ -166,7 +166,8 @@ def tfds_dataset(name, resolution: int, batch_size: int, *, with_masks: bool = F
         raise ValueError(f"tfds:{name} has no ground-truth masks")
     split = split or (entry.eval_split if with_masks else entry.train_split)
     if cache == "auto":
-        cache = cached(cache, _num_examples(name, split, data_dir, manual_dir), resolution, crop_scale, 4 if with_masks else 3)
+        count = _num_examples(name, split, data_dir, manual_dir)
+        cache = cached(cache, count, resolution, crop_scale, 4 if with_masks else 3)
     skip = start if training and not cache else 0
     # Skipped examples need not be decoded: decode the image after the skip.
     decoders = {"image": tfds.decode.SkipDecoding()} if skip else None

@@ -91,8 +91,9 @@ class SegmentationTrainer(keras.Model):
         self.feature_extractor = feature_extractor
         self.perceptual_weight = perceptual_weight if feature_extractor is not None else 0.0
         # With both weights 0 the real batch teaches the encoder nothing: its pass through encoder
-        # and generator (forward and backward, about half the encoder's step) is skipped. The
-        # weights come out the same: the skipped term's gradients were exact zeros.
+        # and generator (forward and backward, about half the encoder's step) is skipped. With the
+        # dcgan generator the weights come out the same, the skipped term's gradients being exact
+        # zeros; the style generator also skips that pass's noise draws.
         self.reconstructs = bool(reconstruction_weight) or bool(self.perceptual_weight)
         self.visible_threshold = visible_threshold
         self.shifted_fraction = shifted_fraction
