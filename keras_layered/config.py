@@ -197,6 +197,9 @@ class SegmentConfig:
     unet_low_res_upconv: bool = False  # U-Net decoder: up-convolution before the x2 repeat (4x cheaper)
     unet_flip_average: bool = False  # served U-Net masks: mean over the image and its mirror image (2x its cost)
     encoder_flip_average: bool = False  # encoder-path masks: the same (2x its cost, refinement included)
+    # served masks (every saved segmenter): mean over the image moved by up to this many pixels
+    # each way ((2 n + 1)^2 x the cost; 0 = off)
+    shift_average: int = bounded(0, ge=0, le=4)
     checkpoint_every: int = bounded(250, ge=1)
 
 

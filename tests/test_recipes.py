@@ -94,6 +94,7 @@ def test_train_on_a_folder_starts_from_the_photo_recipe(tmp_path):
     # Served: the mean of both segmenters' masks (the built-in default: the U-Net's).
     assert (printed["segment"]["serve"], printed["segment"]["ensemble_encoder_share"]) == ("ensemble", 0.3)
     assert printed["segment"]["mask_threshold"] == 0.4  # the built-in default: 0.5
+    assert printed["segment"]["shift_average"] == 1  # the built-in default: 0 (off)
     # Without --out the run is named after the data, as with any recipe.
     assert cli._default_run_dir(None, [f"data.source=folder:{photos}"]) == "runs/my_photos"
     assert cli._default_run_dir(None, []) == "runs/synthetic"

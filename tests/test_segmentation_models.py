@@ -404,6 +404,40 @@ def test_segmenter_flip_average_is_the_mean_over_the_mirror_image_and_survives_s
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5)
 
 
+def _translated(x, dy, dx):
+    """x (B, H, W, C) moved by (dy, dx) pixels, edge pixels repeated: by index clipping."""
+    rows = np.clip(np.arange(x.shape[1]) - dy, 0, x.shape[1] - 1)
+    cols = np.clip(np.arange(x.shape[2]) - dx, 0, x.shape[2] - 1)
+    return x[:, rows][:, :, cols]
+
+
+def test_segmenter_shift_average_is_the_mean_over_translations_moved_back_and_survives_saving(tmp_path):
+    x = uint8_images(3, seed=16)
+    channel = x[..., :1].astype("float64") / 255.0
+    ramp = np.linspace(0.0, 1.0, RES).reshape(1, 1, RES, 1)
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    expected = sum(_translated(_translated(channel, dy, dx) * ramp, -dy, -dx) for dy, dx in offsets) / 9.0
+    averaged = Segmenter(ColumnRamp(), RES, shift_average=1)
+    np.testing.assert_allclose(numpy(averaged(x)), expected, atol=1e-5)
+    assert np.abs(expected - channel * ramp).max() > 0.05  # not the plain masks
+    np.testing.assert_allclose(numpy(Segmenter(ColumnRamp(), RES)(x)), channel * ramp, atol=1e-5)  # 0: off
+    # With the mirror average inside each translation.
+    both = Segmenter(ColumnRamp(), RES, flip_average=True, shift_average=1)
+    mirrored = (ramp + ramp[:, :, ::-1]) / 2.0
+    expected_both = sum(_translated(_translated(channel, dy, dx) * mirrored, -dy, -dx) for dy, dx in offsets) / 9.0
+    np.testing.assert_allclose(numpy(both(x)), expected_both, atol=1e-5)
+    both.save(tmp_path / "shifted.keras")
+    loaded = keras.saving.load_model(tmp_path / "shifted.keras")
+    assert loaded.shift_average == 1 and loaded.flip_average is True
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected_both, atol=1e-5)
+
+
+@pytest.mark.parametrize("radius", [-1, 1.5, True, RES // 2])
+def test_segmenter_bad_shift_average_raises_naming_the_range(radius):
+    with pytest.raises(ValueError, match=r"shift_average must be a whole number of pixels in \[0, "):
+        Segmenter(ColumnRamp(), RES, shift_average=radius)
+
+
 @keras.saving.register_keras_serializable(package="keras_layered_tests")
 class DictOfConstant(keras.layers.Layer):
     """{"mask": this constant everywhere}, as a GeneratorInversion returns its mask in a dict."""

@@ -431,6 +431,9 @@ def test_encoder_flip_average_and_the_ensemble_are_built_as_configured():
     calibrated = build_segmenters(tiny_config(serve="ensemble", mask_threshold=0.4), trainer_)
     assert {name: seg.threshold for name, seg in calibrated.items()} == {"encoder": 0.4, "distilled": 0.4,
                                                                            "ensemble": 0.4}
+    assert {seg.shift_average for seg in segmenters.values()} == {0}
+    shifted = build_segmenters(tiny_config(serve="ensemble", shift_average=1), trainer_)
+    assert {name: seg.shift_average for name, seg in shifted.items()} == {"encoder": 1, "distilled": 1, "ensemble": 1}
 
 
 def test_served_network_must_be_trained():

@@ -62,10 +62,11 @@ class MaskEnsemble(keras.Model):
 
 
 def ensemble_segmenter(unet, inversion, encoder_share, resolution, unet_flip_average=False,
-                       encoder_flip_average=False, largest_component=False, threshold=0.5):
+                       encoder_flip_average=False, largest_component=False, threshold=0.5, shift_average=0):
     """The served ensemble of a run (`segment.serve: ensemble`): a `Segmenter` of (1 - encoder_share) x
     the U-Net's mask + encoder_share x the encoder path's (`inversion`), each with its own mirror
-    average; the largest region and the threshold apply to their mean."""
+    average; the shift average, the largest region and the threshold apply to their mean."""
     ensemble = MaskEnsemble([unet, inversion], [1.0 - encoder_share, encoder_share],
                             flip_average=[unet_flip_average, encoder_flip_average])
-    return Segmenter(ensemble, resolution, largest_component=largest_component, threshold=threshold)
+    return Segmenter(ensemble, resolution, largest_component=largest_component, threshold=threshold,
+                     shift_average=shift_average)

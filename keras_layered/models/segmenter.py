@@ -74,6 +74,33 @@ def network_masks(network, images, flip_average=False):
     return (masks(images) + ops.flip(masks(ops.flip(images, axis=2)), axis=2)) / 2.0
 
 
+def _translate(x, dy, dx):
+    """x (B, H, W, C) moved down by dy and right by dx pixels, the edge rows and columns repeated
+    into the uncovered border (slices and concatenations only, so every export format reads it)."""
+    for axis, d in ((1, dy), (2, dx)):
+        size = x.shape[axis]
+        if d > 0:
+            edge, rest = ops.take(x, [0] * d, axis=axis), ops.take(x, list(range(size - d)), axis=axis)
+            x = ops.concatenate([edge, rest], axis=axis)
+        elif d < 0:
+            rest, edge = ops.take(x, list(range(-d, size)), axis=axis), ops.take(x, [size - 1] * -d, axis=axis)
+            x = ops.concatenate([rest, edge], axis=axis)
+    return x
+
+
+def shift_averaged_masks(network, images, flip_average=False, radius=0):
+    """`network_masks` averaged over the (2 radius + 1)^2 translations of `images` by up to `radius`
+    pixels each way, each mask moved back before the mean (radius 0: `network_masks` itself)."""
+    if radius == 0:
+        return network_masks(network, images, flip_average)
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+    total = 0.0
+    for dy, dx in offsets:
+        masks = ops.cast(network_masks(network, _translate(images, dy, dx), flip_average), "float32")
+        total = total + _translate(masks, -dy, -dx)
+    return total / len(offsets)
+
+
 @keras.saving.register_keras_serializable(package="keras_layered")
 class Segmenter(keras.Model):
     """Preprocessing + a segmentation network, as one model to save, export and `predict` with.
@@ -91,6 +118,9 @@ class Segmenter(keras.Model):
             protocol, `segment` and most clients cut them: values are rescaled piecewise linearly
             ([0, threshold] -> [0, 0.5], [threshold, 1] -> [0.5, 1]) before the largest-region
             step, so mask > 0.5 is the network's mask > threshold. 0.5 leaves them as they are.
+        shift_average: each mask is the mean over the image moved by up to this many pixels each
+            way ((2 shift_average + 1)^2 times the network's cost), each mask moved back: outlines
+            the network misplaces by a pixel in one view are outvoted by the others. 0 = off.
 
     Call: images (B, resolution, resolution, 3), uint8 in [0, 255] or float in [0, 1] -> masks
     (B, resolution, resolution, 1) in [0, 1]. Images of another numeric dtype are read as float,
@@ -98,15 +128,20 @@ class Segmenter(keras.Model):
     """
 
     def __init__(self, network, resolution, largest_component=SegmentConfig.largest_component,
-                 flip_average=SegmentConfig.unet_flip_average, threshold=SegmentConfig.mask_threshold, **kwargs):
+                 flip_average=SegmentConfig.unet_flip_average, threshold=SegmentConfig.mask_threshold,
+                 shift_average=SegmentConfig.shift_average, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"Segmenter: threshold must be in (0, 1), got {threshold!r}")
+        if isinstance(shift_average, bool) or not isinstance(shift_average, int) or not 0 <= shift_average < resolution // 2:
+            raise ValueError(f"Segmenter: shift_average must be a whole number of pixels in [0, {resolution // 2}), "
+                             f"got {shift_average!r}")
         self.network = network
         self.resolution = resolution
         self.largest_component = largest_component
         self.flip_average = flip_average
         self.threshold = float(threshold)
+        self.shift_average = shift_average
         self.keep_largest = LargestComponent(name="keep_largest") if largest_component else None
 
     def build(self, input_shape):
@@ -122,7 +157,7 @@ class Segmenter(keras.Model):
         from_uint8 = dtype == "uint8"
         images = check_image_shape(ops.cast(images, "float32"), self.resolution, "Segmenter")
         images = _rescale(images, from_uint8)
-        masks = network_masks(self.network, images, self.flip_average)
+        masks = shift_averaged_masks(self.network, images, self.flip_average, self.shift_average)
         if self.threshold != 0.5:
             t = self.threshold
             masks = ops.cast(masks, "float32")
@@ -134,7 +169,7 @@ class Segmenter(keras.Model):
         config = super().get_config()
         config.update(network=keras.saving.serialize_keras_object(self.network), resolution=self.resolution,
                       largest_component=self.largest_component, flip_average=self.flip_average,
-                      threshold=self.threshold)
+                      threshold=self.threshold, shift_average=self.shift_average)
         return config
 
     @classmethod

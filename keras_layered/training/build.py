@@ -161,14 +161,16 @@ def build_segmenters(cfg, trainer):
         inversion = GeneratorInversion(trainer.encoder, trainer.generator, refine_steps=s.refine_steps,
                                        refine_learning_rate=s.refine_lr)
         segmenters["encoder"] = Segmenter(inversion, res, largest_component=s.largest_component,
-                                          flip_average=s.encoder_flip_average, threshold=s.mask_threshold)
+                                          flip_average=s.encoder_flip_average, threshold=s.mask_threshold,
+                                          shift_average=s.shift_average)
     if trainer.unet is not None:
         segmenters["distilled"] = Segmenter(trainer.unet, res, largest_component=s.largest_component,
-                                            flip_average=s.unet_flip_average, threshold=s.mask_threshold)
+                                            flip_average=s.unet_flip_average, threshold=s.mask_threshold,
+                                            shift_average=s.shift_average)
     if s.serve == "ensemble":
         segmenters["ensemble"] = ensemble_segmenter(trainer.unet, inversion, s.ensemble_encoder_share, res,
                                                     s.unet_flip_average, s.encoder_flip_average,
-                                                    s.largest_component, s.mask_threshold)
+                                                    s.largest_component, s.mask_threshold, s.shift_average)
     for segmenter in segmenters.values():
         segmenter.build((None, res, res, 3))
     return segmenters
