@@ -1,6 +1,7 @@
 """The segmenter: one model from raw images (uint8 or float) to foreground masks, for serving."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_layered.config import SegmentConfig
@@ -76,15 +77,11 @@ def network_masks(network, images, flip_average=False):
 
 def _translate(x, dy, dx):
     """x (B, H, W, C) moved down by dy and right by dx pixels, the edge rows and columns repeated
-    into the uncovered border (slices and concatenations only, so every export format reads it)."""
+    into the uncovered border: one gather of clipped indices per moved axis."""
     for axis, d in ((1, dy), (2, dx)):
-        size = x.shape[axis]
-        if d > 0:
-            edge, rest = ops.take(x, [0] * d, axis=axis), ops.take(x, list(range(size - d)), axis=axis)
-            x = ops.concatenate([edge, rest], axis=axis)
-        elif d < 0:
-            rest, edge = ops.take(x, list(range(-d, size)), axis=axis), ops.take(x, [size - 1] * -d, axis=axis)
-            x = ops.concatenate([rest, edge], axis=axis)
+        if d:
+            size = x.shape[axis]
+            x = ops.take(x, np.clip(np.arange(size) - d, 0, size - 1), axis=axis)
     return x
 
 
@@ -133,7 +130,8 @@ class Segmenter(keras.Model):
         super().__init__(**kwargs)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"Segmenter: threshold must be in (0, 1), got {threshold!r}")
-        if isinstance(shift_average, bool) or not isinstance(shift_average, int) or not 0 <= shift_average < resolution // 2:
+        whole = isinstance(shift_average, int) and not isinstance(shift_average, bool)
+        if not whole or not 0 <= shift_average < resolution // 2:
             raise ValueError(f"Segmenter: shift_average must be a whole number of pixels in [0, {resolution // 2}), "
                              f"got {shift_average!r}")
         self.network = network
