@@ -86,7 +86,7 @@ def test_train_on_a_folder_starts_from_the_photo_recipe(tmp_path):
     recipe = yaml.safe_load((REPO / "configs" / "photos.yaml").read_text())
     assert printed["data"]["source"] == f"folder:{photos}"
     assert printed["perturb"]["background_mixing"] == recipe["perturb"]["background_mixing"] == 1.0
-    assert (printed["train"]["steps"], printed["segment"]["steps"]) == (7000, 1500)  # synthetic.yaml: 4000, 1000
+    assert (printed["train"]["steps"], printed["segment"]["steps"]) == (7000, 2000)  # synthetic.yaml: 4000, 1000
     assert printed["segment"]["layer_jitter"] == 0.6  # synthetic.yaml: 0 (off)
     assert printed["segment"]["unet_flip_average"] is True  # the built-in default: False
     assert printed["segment"]["reconstruction_weight"] == 0.0  # the built-in default: 1
