@@ -157,20 +157,17 @@ def build_segmenters(cfg, trainer):
     s = cfg.segment
     res = trainer.generator.resolution
     segmenters = {}
+    # What every saved segmenter of the run serves with, whichever network it holds.
+    served = dict(largest_component=s.largest_component, threshold=s.mask_threshold, shift_average=s.shift_average)
     if trainer.encoder is not None:
         inversion = GeneratorInversion(trainer.encoder, trainer.generator, refine_steps=s.refine_steps,
                                        refine_learning_rate=s.refine_lr)
-        segmenters["encoder"] = Segmenter(inversion, res, largest_component=s.largest_component,
-                                          flip_average=s.encoder_flip_average, threshold=s.mask_threshold,
-                                          shift_average=s.shift_average)
+        segmenters["encoder"] = Segmenter(inversion, res, flip_average=s.encoder_flip_average, **served)
     if trainer.unet is not None:
-        segmenters["distilled"] = Segmenter(trainer.unet, res, largest_component=s.largest_component,
-                                            flip_average=s.unet_flip_average, threshold=s.mask_threshold,
-                                            shift_average=s.shift_average)
+        segmenters["distilled"] = Segmenter(trainer.unet, res, flip_average=s.unet_flip_average, **served)
     if s.serve == "ensemble":
         segmenters["ensemble"] = ensemble_segmenter(trainer.unet, inversion, s.ensemble_encoder_share, res,
-                                                    s.unet_flip_average, s.encoder_flip_average,
-                                                    s.largest_component, s.mask_threshold, s.shift_average)
+                                                    s.unet_flip_average, s.encoder_flip_average, **served)
     for segmenter in segmenters.values():
         segmenter.build((None, res, res, 3))
     return segmenters
