@@ -173,3 +173,40 @@ def test_ensemble_save_writes_the_served_ensemble_of_a_runs_two_segmenters(tiny_
     (run_dir / "segmenter_encoder.keras").unlink()
     result = CliRunner().invoke(load_script("bench/ensemble.py").main, ["--run", str(run_dir), "--save", "0.25"])
     assert result.exit_code == 2 and "has no segmenter_encoder.keras" in result.output
+
+
+def test_layering_hand_values_tell_an_object_from_its_inverse():
+    layering = load_script("bench/layering.py").layering
+    square = np.zeros((2, 6, 6, 1), np.float32)
+    square[:, 2:4, 2:4] = 0.8  # 4 of 36 pixels, none on the 20-pixel ring
+    square[1, 0, 0] = 0.3  # one ring pixel of the second mask, below the cut
+    stats = layering(square)
+    assert stats["mean"] == pytest.approx((2 * 4 * 0.8 + 0.3) / 72)
+    assert stats["ring"] == pytest.approx(0.3 / 40)
+    assert stats["cut_mean"] == pytest.approx(8 / 72) and stats["cut_ring"] == 0.0
+    assert stats["inverted"] == 0.0 and stats["undecided"] == pytest.approx(9 / 72)
+    inverse = layering(1.0 - square)
+    assert inverse["cut_ring"] == 1.0 and inverse["inverted"] == 1.0  # 1 - 0.3 is above the cut
+    assert inverse["cut_mean"] == pytest.approx(64 / 72)
+
+
+def test_layering_reads_a_runs_generator_and_a_folders_true_masks(tiny_run, tmp_path):
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    rng = np.random.default_rng(2)
+    write_images_and_masks(tmp_path / "v", {i: (rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), mask)
+                                            for i in range(3)})
+    main = load_script("bench/layering.py").main
+    result = CliRunner().invoke(main, ["--run", str(tiny_run), "--samples", "5", "--batch-size", "2",
+                                       "--data", f"folder:{tmp_path / 'v'}"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "5 samples of generator.keras" in lines[0] and lines[1].startswith("masks")
+    fake = [float(x) for x in lines[2].split()[1:]]
+    assert len(fake) == 6 and all(0.0 <= x <= 1.0 for x in fake)
+    # The true masks: binary, off the border; the 4 x 4 square is 5 x 5 after the evaluation's
+    # resize to 9 px (data.crop_scale 1.125) and centre crop.
+    assert lines[3].split()[1:7] == ["0.391", "0.000", "0.391", "0.000", "0.000", "0.000"]
+    assert "3 masks of folder:" in lines[3]
+    result = CliRunner().invoke(main, ["--run", str(tmp_path)])
+    assert result.exit_code == 2 and "no generator.keras" in result.output
