@@ -34,9 +34,10 @@ def layering(masks):
 
     masks = np.asarray(masks, np.float32)
     cut = (masks > 0.5).astype(np.float32)
+    cut_ring = border_ring(cut)
     return {"mean": float(masks.mean()), "ring": float(border_ring(masks).mean()),
-            "cut_mean": float(cut.mean()), "cut_ring": float(border_ring(cut).mean()),
-            "inverted": float((border_ring(cut).mean(axis=1) > 0.5).mean()),
+            "cut_mean": float(cut.mean()), "cut_ring": float(cut_ring.mean()),
+            "inverted": float((cut_ring.mean(axis=1) > 0.5).mean()),
             "undecided": float(((masks > 0.1) & (masks < 0.9)).mean())}
 
 
