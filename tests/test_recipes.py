@@ -86,7 +86,7 @@ def test_train_on_a_folder_starts_from_the_photo_recipe(tmp_path):
     recipe = yaml.safe_load((REPO / "configs" / "photos.yaml").read_text())
     assert printed["data"]["source"] == f"folder:{photos}"
     assert printed["perturb"]["background_mixing"] == recipe["perturb"]["background_mixing"] == 1.0
-    assert (printed["train"]["steps"], printed["segment"]["steps"]) == (7000, 2000)  # synthetic.yaml: 4000, 1000
+    assert (printed["train"]["steps"], printed["segment"]["steps"]) == (7000, 2000)  # synthetic.yaml: 2500, 1000
     assert printed["segment"]["layer_jitter"] == 0.6  # synthetic.yaml: 0 (off)
     assert printed["segment"]["unet_flip_average"] is True  # the built-in default: False
     assert printed["segment"]["reconstruction_weight"] == 0.0  # the built-in default: 1
@@ -101,7 +101,7 @@ def test_train_on_a_folder_starts_from_the_photo_recipe(tmp_path):
 
 
 @pytest.mark.parametrize("config, mixing, steps, resolution", [
-    ("synthetic", 0.0, 4000, 32), ("cub_64.yaml", 1.0, 100000, 64), ("photos", 1.0, 7000, 32)])
+    ("synthetic", 0.0, 2500, 32), ("cub_64.yaml", 1.0, 100000, 64), ("photos", 1.0, 7000, 32)])
 def test_a_named_recipe_overrides_the_photo_default(tmp_path, config, mixing, steps, resolution):
     photos = photo_folder(tmp_path / "my_photos")
     result = invoke("train", "--dry-run", "--config", config, "--data", f"folder:{photos}", "--out", tmp_path / "run")
